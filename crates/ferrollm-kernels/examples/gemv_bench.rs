@@ -1,0 +1,234 @@
+//! GEMV / small-batch matmul throughput at SmolLM2-135M and Qwen2.5-0.5B shapes.
+//!
+//! `cargo run --release -p ferrollm-kernels --example gemv_bench [-- FILTER...]`
+//!
+//! Each matrix is replicated until the copies exceed the L3 cache and the calls cycle through
+//! them, so decode numbers are for weights streamed from DRAM, as in a real decode step. Times
+//! are medians over many calls, except the `hot` section, which reports the fastest call as a
+//! measure of kernel speed that holds up on a busy machine. Arguments pick sections (`pool`,
+//! `membw`, `hot`, `gemv`, `prefill`) and dtypes (`Q8_0`, `Q4_K`, ...); none means all.
+
+use std::time::{Duration, Instant};
+
+use ferrollm_kernels::quant;
+use ferrollm_kernels::{Bytes, DType, QMatrix, ThreadPool};
+
+const DTYPES: [DType; 13] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q6K,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q5K,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q4K,
+    DType::Q3K,
+    DType::Q2K,
+];
+
+/// (label, cols, rows)
+const GEMV_SHAPES: [(&str, usize, usize); 8] = [
+    ("smol 576->1536", 576, 1536),
+    ("smol 1536->576", 1536, 576),
+    ("smol 576->576", 576, 576),
+    ("smol 576->192", 576, 192),
+    ("smol 576->49152", 576, 49152),
+    ("qwen 896->4864", 896, 4864),
+    ("qwen 4864->896", 4864, 896),
+    ("qwen 896->151936", 896, 151936),
+];
+
+/// Enough copies of a matrix to fall out of the 32 MiB L3 between uses.
+const STREAM_BYTES: usize = 96 << 20;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Offsets of f16 scale fields per block, set to sane values after filling with random bytes.
+fn f16_fields(dtype: DType) -> &'static [usize] {
+    match dtype {
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[0],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
+        DType::Q2K => &[80, 82],
+        DType::Q3K => &[108],
+        DType::Q6K => &[208],
+        DType::F32 | DType::F16 | DType::BF16 => &[],
+    }
+}
+
+/// A random matrix built straight from bytes (quantizing large f32 matrices is slow).
+fn random_matrix(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> QMatrix {
+    let n = dtype.row_bytes(cols) * rows;
+    let bytes: Vec<u8> = match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => {
+            let row: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
+            let row = quant::quantize_row(dtype, &row);
+            row.iter().copied().cycle().take(n).collect()
+        }
+        _ => {
+            let mut b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            for block in b.chunks_exact_mut(dtype.type_size()) {
+                for &off in f16_fields(dtype) {
+                    block[off..off + 2].copy_from_slice(&half::f16::from_f32(rng.f32() * 0.05).to_bits().to_le_bytes());
+                }
+            }
+            b
+        }
+    };
+    QMatrix::new(dtype, rows, cols, Bytes::from_vec(bytes)).unwrap()
+}
+
+/// Fastest seconds per call of `f`: on a shared machine, the calls that were not preempted.
+fn min_time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+/// Median seconds per call of `f`, over at least `min_reps` calls and ~`budget` of time.
+fn median_time(budget: Duration, min_reps: usize, mut f: impl FnMut(usize)) -> f64 {
+    for i in 0..3 {
+        f(i);
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    let mut i = 0;
+    while times.len() < min_reps || (start.elapsed() < budget && times.len() < 100_000) {
+        let t = Instant::now();
+        f(i);
+        times.push(t.elapsed().as_secs_f64());
+        i += 1;
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[times.len() / 2]
+}
+
+const SECTIONS: [&str; 5] = ["pool", "membw", "hot", "gemv", "prefill"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sections: Vec<&str> = SECTIONS.iter().copied().filter(|s| args.iter().any(|a| a == s)).collect();
+    let section = |name: &str| sections.is_empty() || sections.contains(&name);
+    let named: Vec<DType> = DTYPES.iter().copied().filter(|d| args.iter().any(|a| a.eq_ignore_ascii_case(d.name()))).collect();
+    let dtypes: Vec<DType> = if named.is_empty() { DTYPES.to_vec() } else { named };
+    let pools = [ThreadPool::new(1), ThreadPool::new(2)];
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+
+    if section("pool") {
+        for pool in &pools {
+            let t = median_time(Duration::from_millis(300), 1000, |_| pool.run(pool.num_threads(), |_| {}));
+            println!("pool overhead, {} thread(s), empty run: {:.2} us", pool.num_threads(), t * 1e6);
+        }
+    }
+
+    if section("membw") {
+        // The roofline for decode: plain streaming reads of a buffer far larger than L3.
+        let buf: Vec<u64> = (0..(256usize << 20) / 8).map(|i| i as u64).collect();
+        for pool in &pools {
+            let parts = pool.num_threads() * 8;
+            let len = buf.len() / parts;
+            let sink = std::sync::atomic::AtomicU64::new(0);
+            let t = median_time(Duration::from_millis(500), 5, |_| {
+                pool.run(parts, |p| {
+                    let s = buf[p * len..(p + 1) * len].iter().fold(0u64, |a, &v| a.wrapping_add(v));
+                    sink.fetch_add(s, std::sync::atomic::Ordering::Relaxed);
+                })
+            });
+            println!("memory read bandwidth, {} thread(s): {:.1} GB/s", pool.num_threads(), (buf.len() * 8) as f64 / t / 1e9);
+        }
+    }
+
+
+    if section("hot") {
+        println!("\nKernel speed, 1 thread, weights hot in L2 (256 x 1536); fastest of many calls");
+        println!("{:<6} {:>14} {:>14} {:>14} {:>14}", "dtype", "n=1 GB/s", "n=1 GFLOP/s", "n=4 GFLOP/s", "n=64 GFLOP/s");
+        for &dtype in &dtypes {
+            let (rows, cols) = (256, 1536);
+            let w = random_matrix(&mut rng, dtype, rows, cols);
+            print!("{:<6}", dtype.name());
+            for (i, n) in [1usize, 1, 4, 64].into_iter().enumerate() {
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
+                let mut out = vec![0f32; n * rows];
+                let t = min_time(if n == 64 { 20 } else { 200 }, || w.matmul(&pools[0], &x, n, &mut out));
+                if i == 0 {
+                    print!(" {:>14.1}", w.bytes().len() as f64 / t / 1e9);
+                } else {
+                    print!(" {:>14.1}", 2.0 * (rows * cols * n) as f64 / t / 1e9);
+                }
+            }
+            println!();
+        }
+    }
+
+    if section("gemv") {
+        println!("\nGEMV (n = 1), weights streamed from DRAM; GB/s of weight bytes, median");
+        print!("{:<7}", "dtype");
+        for (label, _, _) in GEMV_SHAPES {
+            print!(" {:>18}", label);
+        }
+        println!();
+        for &dtype in &dtypes {
+            for pool in &pools {
+                print!("{:<5}x{}", dtype.name(), pool.num_threads());
+                for (_, cols, rows) in GEMV_SHAPES {
+                    if cols % dtype.block_size() != 0 {
+                        print!(" {:>18}", "-");
+                        continue;
+                    }
+                    let one = random_matrix(&mut rng, dtype, rows, cols);
+                    let bytes = one.bytes().len();
+                    let copies = STREAM_BYTES.div_ceil(bytes).clamp(1, 64);
+                    let mats: Vec<QMatrix> = (0..copies)
+                        .map(|i| if i == 0 { one.clone() } else { random_matrix(&mut rng, dtype, rows, cols) })
+                        .collect();
+                    let x: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
+                    let mut out = vec![0f32; rows];
+                    let t = median_time(Duration::from_millis(250), 10, |i| {
+                        mats[i % copies].matmul(pool, &x, 1, &mut out)
+                    });
+                    print!(" {:>9.1} ({:>5.0}us)", bytes as f64 / t / 1e9, t * 1e6);
+                }
+                println!();
+            }
+        }
+    }
+
+    if section("prefill") {
+        println!("\nPrefill matmul, 2 threads; GFLOP/s (2·rows·cols·n per call), median");
+        let shapes = [("smol 576->1536", 576, 1536), ("smol 1536->576", 1536, 576), ("qwen 896->4864", 896, 4864)];
+        for &dtype in &dtypes {
+            for (label, cols, rows) in shapes {
+                if cols % dtype.block_size() != 0 {
+                    continue;
+                }
+                let w = random_matrix(&mut rng, dtype, rows, cols);
+                print!("{:<5} {:<15}", dtype.name(), label);
+                for n in [16usize, 64, 512] {
+                    let x: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
+                    let mut out = vec![0f32; n * rows];
+                    let t = median_time(Duration::from_millis(300), 5, |_| w.matmul(&pools[1], &x, n, &mut out));
+                    print!("  n={n:<3} {:>6.1}", 2.0 * (rows * cols * n) as f64 / t / 1e9);
+                }
+                println!();
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Helpers shared by the block formats: byte-to-block casts, half floats, CPU feature checks.
+
+use std::sync::OnceLock;
+
+/// A plain-old-data block: `#[repr(C)]`, alignment 1, no padding, every bit pattern valid.
+///
+/// Weight blocks keep their `f16` fields as `[u8; 2]` so the alignment stays 1: rows of a
+/// memory-mapped GGUF file then cast to blocks at any offset.
+///
+/// # Safety
+/// Implementors must satisfy the properties above.
+pub unsafe trait Block: Copy + Send + Sync + 'static {
+    /// Bytes per block, also checked against `size_of` at compile time by [`assert_block`].
+    const BYTES: usize;
+    /// Weights per block.
+    const ELEMS: usize;
+}
+
+/// Views `bytes` as blocks. Panics if the length is not a whole number of blocks.
+pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
+    assert_eq!(std::mem::size_of::<B>(), B::BYTES);
+    assert_eq!(std::mem::align_of::<B>(), 1);
+    assert!(bytes.len() % B::BYTES == 0, "{} bytes is not a whole number of {}-byte blocks", bytes.len(), B::BYTES);
+    // SAFETY: `B` has alignment 1, no padding, and accepts every bit pattern (the `Block`
+    // contract, with size and alignment re-checked above); the length divides exactly.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / B::BYTES) }
+}
+
+/// Views blocks as their bytes, for building test and benchmark matrices.
+pub fn block_bytes<B: Block>(blocks: &[B]) -> &[u8] {
+    // SAFETY: `B` is plain old data without padding (the `Block` contract), so every byte is
+    // initialized; u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
+}
+
+#[inline]
+pub fn f16_to_f32(h: [u8; 2]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes(h)).to_f32()
+}
+
+#[inline]
+pub fn f32_to_f16(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+#[inline]
+pub fn bf16_to_f32(h: [u8; 2]) -> f32 {
+    f32::from_bits((u16::from_le_bytes(h) as u32) << 16)
+}
+
+/// Rounds half away from zero, as ggml's `nearest_int` does for in-range values.
+#[inline]
+pub fn nearest_int(x: f32) -> i32 {
+    x.round() as i32
+}
+
+/// Whether the AVX2 kernels may run: AVX2, FMA and F16C, detected once.
+#[inline]
+pub fn has_avx2() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::env::var_os("FERROLLM_NO_SIMD").is_none()
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Applies a one-row, `T`-token kernel to each row in `bytes`, writing `out[r * T + t]`.
+///
+/// Kernels take whole row ranges so that dispatch (feature check, tile width) is paid once per
+/// range instead of once per row: decode rows are only a few hundred bytes long.
+#[inline(always)]
+pub fn for_each_row<A, const T: usize>(
+    bytes: &[u8],
+    row_bytes: usize,
+    acts: &[&[A]],
+    out: &mut [f32],
+    tile: impl Fn(&[u8], &[&[A]; T]) -> [f32; T],
+) {
+    let acts: &[&[A]; T] = acts.try_into().expect("token tile width");
+    assert!(row_bytes > 0 && bytes.len() % row_bytes == 0);
+    assert_eq!(out.len(), bytes.len() / row_bytes * T);
+    for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(T)) {
+        o.copy_from_slice(&tile(row, acts));
+    }
+}

@@ -1,0 +1,130 @@
+//! The matmul driver: activation quantization, tiling and the split across threads.
+//!
+//! Threads split the weight rows. Within a task, rows are taken in sub-blocks small enough to
+//! stay in L1 while every token passes over them, four tokens per kernel call so that each
+//! weight block is decoded once per four tokens. For decode (a few tokens) this streams each
+//! weight row exactly once; for prefill it turns the work compute-bound on L1-resident data.
+
+use super::act::{self, BlockQ8A, BlockQ8K};
+use super::float::{self, Float};
+use super::{block32, kquant, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
+use crate::threadpool::DisjointSlice;
+use crate::{DType, QMatrix, ThreadPool};
+
+/// Weight bytes per row sub-block when many tokens reuse it: about half of a 32 KiB L1.
+const WEIGHT_BLOCK_BYTES: usize = 16 << 10;
+/// Most tokens dotted against one weight row in one kernel call.
+const TILE: usize = 4;
+
+/// `out = x · Wᵀ` (see [`QMatrix::matmul`]): `x` is `[n, cols]`, `out` is `[n, rows]`.
+pub fn matmul(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), n * w.cols, "matmul input shape");
+    assert_eq!(out.len(), n * w.rows, "matmul output shape");
+    if n == 0 || w.rows == 0 {
+        return;
+    }
+    if w.cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let q8a = act::quantize_q8a as fn(&[f32], &mut [BlockQ8A]);
+    let q8k = act::quantize_q8k as fn(&[f32], &mut [BlockQ8K]);
+    let f32a = act::copy_f32 as fn(&[f32], &mut [f32]);
+    match w.dtype {
+        DType::F32 => run(pool, w, x, n, out, 1, f32a, |b, rb, a, o| float::dot_rows(Float::F32, b, rb, a, o)),
+        DType::F16 => run(pool, w, x, n, out, 1, f32a, |b, rb, a, o| float::dot_rows(Float::F16, b, rb, a, o)),
+        DType::BF16 => run(pool, w, x, n, out, 1, f32a, |b, rb, a, o| float::dot_rows(Float::BF16, b, rb, a, o)),
+        DType::Q4_0 => run(pool, w, x, n, out, 32, q8a, block32::dot_rows::<q4_0::BlockQ4_0>),
+        DType::Q4_1 => run(pool, w, x, n, out, 32, q8a, block32::dot_rows::<q4_1::BlockQ4_1>),
+        DType::Q5_0 => run(pool, w, x, n, out, 32, q8a, block32::dot_rows::<q5_0::BlockQ5_0>),
+        DType::Q5_1 => run(pool, w, x, n, out, 32, q8a, block32::dot_rows::<q5_1::BlockQ5_1>),
+        DType::Q8_0 => run(pool, w, x, n, out, 32, q8a, q8_0::dot_rows),
+        DType::Q2K => run(pool, w, x, n, out, 256, q8k, kquant::dot_rows_scalar::<q2_k::BlockQ2K>),
+        DType::Q3K => run(pool, w, x, n, out, 256, q8k, kquant::dot_rows_scalar::<q3_k::BlockQ3K>),
+        DType::Q4K => run(pool, w, x, n, out, 256, q8k, q4_k::dot_rows),
+        DType::Q5K => run(pool, w, x, n, out, 256, q8k, q5_k::dot_rows),
+        DType::Q6K => run(pool, w, x, n, out, 256, q8k, q6_k::dot_rows),
+    }
+}
+
+/// Quantizes `x` to activation blocks of `act_block` values, then computes every output with
+/// `dot_rows(weight rows, row bytes, up to TILE activation rows, outputs[row * k + token])`.
+#[allow(clippy::too_many_arguments)]
+fn run<A, D>(
+    pool: &ThreadPool,
+    w: &QMatrix,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    act_block: usize,
+    quantize: fn(&[f32], &mut [A]),
+    dot_rows: D,
+) where
+    A: Copy + Default + Send + Sync,
+    D: Fn(&[u8], usize, &[&[A]], &mut [f32]) + Sync,
+{
+    let (rows, cols) = (w.rows, w.cols);
+    let apr = cols / act_block; // activation blocks per token
+    let acts = quantize_acts(pool, x, n, cols, apr, quantize);
+
+    let threads = pool.num_threads();
+    let n_tasks = if threads == 1 { 1 } else { (threads * 8).min(rows.div_ceil(4)).max(1) };
+    let chunk = rows.div_ceil(n_tasks);
+    let n_tasks = rows.div_ceil(chunk);
+    let rb = w.row_bytes();
+    // Few tokens: one kernel call per task. Many: L1-sized row sub-blocks that all tokens visit.
+    let sub = if n <= TILE { chunk } else { (WEIGHT_BLOCK_BYTES / rb).clamp(1, chunk) };
+    let weights = w.bytes();
+    let out = DisjointSlice::new(out);
+    pool.run(n_tasks, |task| {
+        let (r0, r1) = (task * chunk, ((task + 1) * chunk).min(rows));
+        let mut tmp = vec![0f32; sub.min(r1 - r0) * TILE];
+        for s0 in (r0..r1).step_by(sub) {
+            let s1 = (s0 + sub).min(r1);
+            let nr = s1 - s0;
+            let bytes = &weights[s0 * rb..s1 * rb];
+            for t in (0..n).step_by(TILE) {
+                let k = (n - t).min(TILE);
+                let a: [&[A]; TILE] = std::array::from_fn(|j| &acts[(t + j.min(k - 1)) * apr..][..apr]);
+                dot_rows(bytes, rb, &a[..k], &mut tmp[..nr * k]);
+                for j in 0..k {
+                    // SAFETY: this task alone computes rows r0..r1 (so s0..s1) of every token;
+                    // the run `(t + j)·rows + s0..+nr` is borrowed only for this loop.
+                    let o = unsafe { out.part((t + j) * rows + s0, nr) };
+                    for (i, v) in o.iter_mut().enumerate() {
+                        *v = tmp[i * k + j];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Quantizes each token's row; spread over the pool when there is enough of it.
+fn quantize_acts<A: Copy + Default + Send + Sync>(
+    pool: &ThreadPool,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+    apr: usize,
+    quantize: fn(&[f32], &mut [A]),
+) -> Vec<A> {
+    let mut acts = vec![A::default(); n * apr];
+    if n * cols < 1 << 16 || pool.num_threads() == 1 {
+        for (xs, a) in x.chunks_exact(cols).zip(acts.chunks_exact_mut(apr)) {
+            quantize(xs, a);
+        }
+        return acts;
+    }
+    let per_task = n.div_ceil(pool.num_threads() * 4);
+    let shared = DisjointSlice::new(&mut acts);
+    pool.run(n.div_ceil(per_task), |task| {
+        let (t0, t1) = (task * per_task, ((task + 1) * per_task).min(n));
+        for t in t0..t1 {
+            // SAFETY: token t's activation blocks belong to this task alone.
+            let a = unsafe { shared.part(t * apr, apr) };
+            quantize(&x[t * cols..(t + 1) * cols], a);
+        }
+    });
+    acts
+}

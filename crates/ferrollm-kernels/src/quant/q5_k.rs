@@ -1,0 +1,192 @@
+//! Q5_K: as Q4_K with a fifth bit per weight in `qh` (ggml `block_q5_K`).
+
+use super::act::BlockQ8K;
+use super::common::{as_blocks, block_bytes, f16_to_f32, f32_to_f16, has_avx2, Block};
+use super::kquant::{affine_quant, affine_scales, pack_scale_min_k4, scale_min_k4, KBlock, KUnpacked};
+
+/// ggml layout: nibbles as in Q4_K; bit `2c + h` of `qh[l]` is bit 4 of the weight at
+/// `64c + 32h + l` (`h` = 0 for the low nibble, 1 for the high one).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ5K {
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub qh: [u8; 32],
+    pub qs: [u8; 128],
+}
+assert_block!(BlockQ5K, 176);
+
+// SAFETY: repr(C) byte arrays only: alignment 1, no padding, any bit pattern is valid.
+unsafe impl Block for BlockQ5K {
+    const BYTES: usize = 176;
+    const ELEMS: usize = 256;
+}
+
+impl KBlock for BlockQ5K {
+    fn unpack(&self) -> KUnpacked {
+        let mut u = KUnpacked { d: f16_to_f32(self.d), dmin: f16_to_f32(self.dmin), ..Default::default() };
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &self.scales);
+            u.sc[2 * j] = sc as i32;
+            u.sc[2 * j + 1] = sc as i32;
+            u.m[2 * j] = m as i32;
+            u.m[2 * j + 1] = m as i32;
+        }
+        for c in 0..4 {
+            for l in 0..32 {
+                let h0 = ((self.qh[l] >> (2 * c)) & 1) << 4;
+                let h1 = ((self.qh[l] >> (2 * c + 1)) & 1) << 4;
+                u.q[64 * c + l] = ((self.qs[32 * c + l] & 0x0F) | h0) as i8;
+                u.q[64 * c + 32 + l] = ((self.qs[32 * c + l] >> 4) | h1) as i8;
+            }
+        }
+        u
+    }
+}
+
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ5K]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(256)) {
+        let (d, dmin, sc, m) = affine_scales(xs, 32, 31.0, 63.0);
+        b.d = f32_to_f16(d);
+        b.dmin = f32_to_f16(dmin);
+        b.scales = pack_scale_min_k4(&sc.clone().try_into().unwrap(), &m.clone().try_into().unwrap());
+        let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
+        let mut q = [0u8; 256];
+        for (e, qe) in q.iter_mut().enumerate() {
+            let j = e / 32;
+            *qe = affine_quant(xs[e], d * sc[j] as f32, dmin * m[j] as f32, 31);
+        }
+        b.qh = [0; 32];
+        for c in 0..4 {
+            for l in 0..32 {
+                let (q0, q1) = (q[64 * c + l], q[64 * c + 32 + l]);
+                b.qs[32 * c + l] = (q0 & 0x0F) | ((q1 & 0x0F) << 4);
+                b.qh[l] |= ((q0 >> 4) << (2 * c)) | ((q1 >> 4) << (2 * c + 1));
+            }
+        }
+    }
+}
+
+/// `out[r * k + t]` for every row in `bytes` (rows of `row_bytes`) and the `k = acts.len()`
+/// (1 to 4) tokens, with the fastest available code.
+pub fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected.
+        unsafe { avx2::dot_rows(bytes, row_bytes, acts, out) };
+        return;
+    }
+    let k = acts.len();
+    for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(k)) {
+        super::kquant::dot_scalar::<BlockQ5K>(as_blocks(row), acts, o);
+    }
+}
+
+/// `out[t] = Σ w·acts[t]` for up to 4 activation rows, with the fastest available code.
+pub fn dot(w: &[BlockQ5K], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    if w.is_empty() {
+        out[..acts.len()].fill(0.0);
+        return;
+    }
+    dot_rows(block_bytes(w), std::mem::size_of_val(w), acts, &mut out[..acts.len()]);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::super::common::for_each_row;
+    use super::super::x86::*;
+    use super::*;
+    // The F16C conversion, not the portable one from `common`.
+    use super::super::x86::f16_to_f32;
+    use std::arch::x86_64::*;
+
+    /// `out[r * k + t]` for every row in `bytes` and the `k = acts.len()` (1 to 4) tokens.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8K]], out: &mut [f32]) {
+        match acts.len() {
+            1 => for_each_row::<_, 1>(bytes, row_bytes, acts, out, |r, a| dot_tile::<1>(as_blocks(r), a)),
+            2 => for_each_row::<_, 2>(bytes, row_bytes, acts, out, |r, a| dot_tile::<2>(as_blocks(r), a)),
+            3 => for_each_row::<_, 3>(bytes, row_bytes, acts, out, |r, a| dot_tile::<3>(as_blocks(r), a)),
+            4 => for_each_row::<_, 4>(bytes, row_bytes, acts, out, |r, a| dot_tile::<4>(as_blocks(r), a)),
+            n => panic!("token tile of {n}"),
+        }
+    }
+
+    /// As the Q4_K kernel, with the high bits merged in before the byte dot products.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_tile<const T: usize>(w: &[BlockQ5K], acts: &[&[BlockQ8K]; T]) -> [f32; T] {
+        for a in acts {
+            assert_eq!(a.len(), w.len());
+        }
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut macc = [0f32; T];
+        let low = _mm256_set1_epi8(0x0F);
+        let one = _mm256_set1_epi8(1);
+        for (i, b) in w.iter().enumerate() {
+            let mut sc = [0i16; 8];
+            let mut m = [0i32; 8];
+            for j in 0..8 {
+                let (s, mm) = scale_min_k4(j, &b.scales);
+                sc[j] = s as i16;
+                m[j] = mm as i32;
+            }
+            let qh = load32(&b.qh);
+            let mut sumi = [_mm256_setzero_si256(); T];
+            for c in 0..4 {
+                let qv = load32(&b.qs[32 * c..32 * c + 32]);
+                let h0 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one);
+                let h1 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)), one);
+                let lo = _mm256_or_si256(_mm256_and_si256(qv, low), _mm256_slli_epi16(h0, 4));
+                let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qv, 4), low), _mm256_slli_epi16(h1, 4));
+                let s_lo = _mm256_set1_epi16(sc[2 * c]);
+                let s_hi = _mm256_set1_epi16(sc[2 * c + 1]);
+                for t in 0..T {
+                    let y = &acts[t][i].qs[64 * c..64 * c + 64];
+                    let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32(&y[..32])), s_lo);
+                    let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load32(&y[32..])), s_hi);
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p_lo, p_hi));
+                }
+            }
+            let d = f16_to_f32(b.d);
+            let dmin = f16_to_f32(b.dmin);
+            for t in 0..T {
+                let ab = &acts[t][i];
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_set1_ps(d * ab.d), acc[t]);
+                let bs = &ab.bsums;
+                let summ: i32 = (0..8).map(|j| m[j] * (bs[2 * j] as i32 + bs[2 * j + 1] as i32)).sum();
+                macc[t] += dmin * ab.d * summ as f32;
+            }
+        }
+        let mut out = [0f32; T];
+        for t in 0..T {
+            out[t] = hsum_ps(acc[t]) - macc[t];
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_answer() {
+        let mut scales = [0u8; 12];
+        scales[2] = 5; // sub-block 2: scale 5
+        scales[6] = 1; // sub-block 2: min 1
+        let mut b = BlockQ5K { d: f32_to_f16(0.5), dmin: f32_to_f16(2.0), scales, qh: [0; 32], qs: [0; 128] };
+        // Element 64 + 3 (chunk 1, low nibble, l = 3): nibble 6, high bit = qh[3] bit 2.
+        b.qs[32 + 3] = 0x06;
+        b.qh[3] = 1 << 2;
+        let mut y = [0f32; 256];
+        super::super::kquant::dequantize_row(&[b], &mut y);
+        assert_eq!(y[67], 0.5 * 5.0 * 22.0 - 2.0);
+        assert_eq!(y[64], -2.0);
+        assert_eq!(y[0], 0.0);
+    }
+}

@@ -1,0 +1,291 @@
+//! Cross-format tests: round trips, SIMD against scalar references, and matmul against a
+//! dequantize-then-f32 reference. Known-answer tests live next to each format.
+
+use super::act::{quantize_q8a, quantize_q8k, BlockQ8A, BlockQ8K};
+use super::common::{as_blocks, f32_to_f16};
+use super::float::{self, Float};
+use super::*;
+use crate::ThreadPool;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const ALL: [DType; 13] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q2K,
+    DType::Q3K,
+    DType::Q4K,
+    DType::Q5K,
+    DType::Q6K,
+];
+
+/// Roughly normal values (sum of three uniforms), like trained weights and activations.
+fn gauss(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 2.0 * scale).collect()
+}
+
+fn rms(v: &[f32]) -> f32 {
+    (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt()
+}
+
+/// Offsets of the f16 scale fields inside each block type.
+fn f16_fields(dtype: DType) -> &'static [usize] {
+    match dtype {
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[0],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
+        DType::Q2K => &[80, 82],
+        DType::Q3K => &[108],
+        DType::Q6K => &[208],
+        DType::F32 | DType::F16 | DType::BF16 => &[],
+    }
+}
+
+/// A row of random bytes with sane scales, so every bit of the quant fields is exercised
+/// (quantizer output alone never produces some patterns, such as Q8_0's −128).
+fn random_row(rng: &mut StdRng, dtype: DType, cols: usize) -> Vec<u8> {
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => quantize_row(dtype, &gauss(rng, cols, 1.0)),
+        _ => {
+            let mut bytes: Vec<u8> = (0..dtype.row_bytes(cols)).map(|_| rng.gen()).collect();
+            for block in bytes.chunks_exact_mut(dtype.type_size()) {
+                for &off in f16_fields(dtype) {
+                    block[off..off + 2].copy_from_slice(&f32_to_f16(rng.gen_range(-0.1..0.1)));
+                }
+            }
+            bytes
+        }
+    }
+}
+
+#[test]
+fn every_dtype_is_supported_and_round_trips() {
+    // Relative RMS error of quantize → dequantize on normal data. ggml's own (searching)
+    // quantizers do somewhat better on the K-quants; these bounds are for ours.
+    let bounds = [
+        (DType::F32, 0.0),
+        (DType::F16, 1e-3),
+        (DType::BF16, 8e-3),
+        (DType::Q8_0, 0.01),
+        (DType::Q5_0, 0.06),
+        (DType::Q5_1, 0.05),
+        (DType::Q4_0, 0.12),
+        (DType::Q4_1, 0.10),
+        (DType::Q6K, 0.03),
+        (DType::Q5K, 0.06),
+        (DType::Q4K, 0.12),
+        (DType::Q3K, 0.25),
+        (DType::Q2K, 0.45),
+    ];
+    let mut rng = StdRng::seed_from_u64(1);
+    let x = gauss(&mut rng, 4096, 0.7);
+    for (dtype, bound) in bounds {
+        assert!(is_supported(dtype));
+        let bytes = quantize_row(dtype, &x);
+        assert_eq!(bytes.len(), dtype.row_bytes(x.len()));
+        let mut y = vec![0f32; x.len()];
+        dequantize_row(dtype, &bytes, &mut y);
+        let err: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
+        let rel = rms(&err) / rms(&x);
+        eprintln!("{:>5}: relative rms error {rel:.4}", dtype.name());
+        assert!(rel <= bound, "{}: relative rms error {rel} above {bound}", dtype.name());
+    }
+}
+
+#[test]
+fn zero_rows_quantize_to_zero() {
+    for dtype in ALL {
+        let x = vec![0f32; 512];
+        let mut y = vec![1f32; 512];
+        dequantize_row(dtype, &quantize_row(dtype, &x), &mut y);
+        assert!(y.iter().all(|&v| v == 0.0), "{}", dtype.name());
+    }
+}
+
+/// Runs the dispatched (SIMD where available) dot and the scalar reference on the same data.
+fn simd_and_scalar(dtype: DType, row: &[u8], x: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
+    let t = x.len();
+    let (mut fast, mut slow) = (vec![0f32; t], vec![0f32; t]);
+    let q8a: Vec<Vec<BlockQ8A>> = x
+        .iter()
+        .map(|v| {
+            let mut a = vec![BlockQ8A::default(); v.len() / 32];
+            if v.len() % 32 == 0 {
+                quantize_q8a(v, &mut a);
+            }
+            a
+        })
+        .collect();
+    let q8k: Vec<Vec<BlockQ8K>> = x
+        .iter()
+        .map(|v| {
+            let mut a = vec![BlockQ8K::default(); v.len() / 256];
+            if v.len() % 256 == 0 {
+                quantize_q8k(v, &mut a);
+            }
+            a
+        })
+        .collect();
+    let a8: Vec<&[BlockQ8A]> = q8a.iter().map(|v| v.as_slice()).collect();
+    let ak: Vec<&[BlockQ8K]> = q8k.iter().map(|v| v.as_slice()).collect();
+    let af: Vec<&[f32]> = x.iter().map(|v| v.as_slice()).collect();
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => {
+            let kind = [Float::F32, Float::F16, Float::BF16][[DType::F32, DType::F16, DType::BF16]
+                .iter()
+                .position(|&d| d == dtype)
+                .unwrap()];
+            float::dot(kind, row, &af, &mut fast);
+            float::dot_scalar(kind, row, &af, &mut slow);
+        }
+        DType::Q4_0 => {
+            block32::dot::<q4_0::BlockQ4_0>(as_blocks(row), &a8, &mut fast);
+            block32::dot_scalar::<q4_0::BlockQ4_0>(as_blocks(row), &a8, &mut slow);
+        }
+        DType::Q4_1 => {
+            block32::dot::<q4_1::BlockQ4_1>(as_blocks(row), &a8, &mut fast);
+            block32::dot_scalar::<q4_1::BlockQ4_1>(as_blocks(row), &a8, &mut slow);
+        }
+        DType::Q5_0 => {
+            block32::dot::<q5_0::BlockQ5_0>(as_blocks(row), &a8, &mut fast);
+            block32::dot_scalar::<q5_0::BlockQ5_0>(as_blocks(row), &a8, &mut slow);
+        }
+        DType::Q5_1 => {
+            block32::dot::<q5_1::BlockQ5_1>(as_blocks(row), &a8, &mut fast);
+            block32::dot_scalar::<q5_1::BlockQ5_1>(as_blocks(row), &a8, &mut slow);
+        }
+        DType::Q8_0 => {
+            q8_0::dot(as_blocks(row), &a8, &mut fast);
+            q8_0::dot_scalar(as_blocks(row), &a8, &mut slow);
+        }
+        DType::Q4K => {
+            q4_k::dot(as_blocks(row), &ak, &mut fast);
+            kquant::dot_scalar::<q4_k::BlockQ4K>(as_blocks(row), &ak, &mut slow);
+        }
+        DType::Q5K => {
+            q5_k::dot(as_blocks(row), &ak, &mut fast);
+            kquant::dot_scalar::<q5_k::BlockQ5K>(as_blocks(row), &ak, &mut slow);
+        }
+        DType::Q6K => {
+            q6_k::dot(as_blocks(row), &ak, &mut fast);
+            kquant::dot_scalar::<q6_k::BlockQ6K>(as_blocks(row), &ak, &mut slow);
+        }
+        // Scalar only: compare the reference against itself through the public path below.
+        DType::Q2K | DType::Q3K => {}
+    }
+    (fast, slow)
+}
+
+#[test]
+fn simd_kernels_match_scalar_references() {
+    eprintln!("SIMD available: {}", common::has_avx2());
+    let mut rng = StdRng::seed_from_u64(2);
+    for dtype in ALL {
+        let widths: &[usize] = match dtype.block_size() {
+            1 => &[1, 7, 8, 13, 64, 579],
+            32 => &[32, 96, 576, 1536],
+            _ => &[256, 768, 1536],
+        };
+        for &cols in widths {
+            for t in 1..=4 {
+                let row = random_row(&mut rng, dtype, cols);
+                let x: Vec<Vec<f32>> = (0..t).map(|_| gauss(&mut rng, cols, 1.0)).collect();
+                let (fast, slow) = simd_and_scalar(dtype, &row, &x);
+                let mut w = vec![0f32; cols];
+                dequantize_row(dtype, &row, &mut w);
+                for (j, (f, s)) in fast.iter().zip(&slow).enumerate() {
+                    // Integer sums are exact; only the float accumulation order differs.
+                    let mag: f32 = w.iter().zip(&x[j]).map(|(a, b)| (a * b).abs()).sum::<f32>() + 1e-6;
+                    assert!((f - s).abs() <= 2e-5 * mag, "{} cols {cols} tile {t}: {f} vs {s}", dtype.name());
+                }
+            }
+        }
+    }
+}
+
+/// `out[t, r]` against f64 dot products of the dequantized weights with the f32 inputs.
+fn check_matmul(pool: &ThreadPool, dtype: DType, rows: usize, cols: usize, n: usize, rng: &mut StdRng) -> f32 {
+    let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(rng, dtype, cols)).collect();
+    let w = QMatrix::new(dtype, rows, cols, crate::Bytes::from_vec(bytes)).unwrap();
+    let x = gauss(rng, n * cols, 1.0);
+    let mut out = vec![f32::NAN; n * rows];
+    w.matmul(pool, &x, n, &mut out);
+    let wf = w.to_f32();
+    let mut worst = 0f32;
+    for t in 0..n {
+        let xt = &x[t * cols..(t + 1) * cols];
+        let xn = xt.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt();
+        for r in 0..rows {
+            let wr = &wf[r * cols..(r + 1) * cols];
+            let want: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let wn = wr.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt();
+            let rel = ((out[t * rows + r] as f64 - want).abs() / (wn * xn + 1e-12)) as f32;
+            worst = worst.max(rel);
+        }
+    }
+    worst
+}
+
+/// Error per output relative to `‖w_r‖·‖x_t‖` (the largest the dot could be). Quantizing the
+/// activations to 8 bits bounds it near `amax / 254 / rms` per element; we allow 0.01 for the
+/// quantized types and 1e-5 for float weights, and check the typical error is far below.
+#[test]
+fn matmul_matches_dequantized_reference_on_odd_shapes() {
+    let pools = [ThreadPool::new(1), ThreadPool::new(2), ThreadPool::new(3)];
+    let mut rng = StdRng::seed_from_u64(3);
+    for dtype in ALL {
+        let cols = match dtype.block_size() {
+            1 => 99,
+            32 => 160,
+            _ => 512,
+        };
+        let tol = if dtype.block_size() == 1 { 1e-5 } else { 0.01 };
+        let mut worst = 0f32;
+        for (i, &(rows, n)) in [(1, 1), (5, 3), (37, 7), (130, 33), (64, 4), (17, 9)].iter().enumerate() {
+            let pool = &pools[i % pools.len()];
+            worst = worst.max(check_matmul(pool, dtype, rows, cols, n, &mut rng));
+        }
+        eprintln!("{:>5}: worst error / (|w||x|) {worst:.2e}", dtype.name());
+        assert!(worst <= tol, "{}: {worst} above {tol}", dtype.name());
+    }
+}
+
+#[test]
+fn matmul_is_identical_across_thread_counts_and_large_batches() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let (one, two) = (ThreadPool::new(1), ThreadPool::new(2));
+    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4K, DType::Q6K, DType::F16] {
+        let (rows, cols, n) = (77, 512, 130);
+        let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
+        let w = QMatrix::new(dtype, rows, cols, crate::Bytes::from_vec(bytes)).unwrap();
+        let x = gauss(&mut rng, n * cols, 1.0);
+        let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+        w.matmul(&one, &x, n, &mut a);
+        w.matmul(&two, &x, n, &mut b);
+        assert_eq!(a, b, "{}", dtype.name());
+        // Each output equals the single-token result: tiling does not change the arithmetic.
+        let mut single = vec![0f32; rows];
+        w.matmul(&two, &x[5 * cols..6 * cols], 1, &mut single);
+        assert_eq!(&a[5 * rows..6 * rows], &single[..], "{}", dtype.name());
+    }
+}
+
+#[test]
+fn nested_matmul_inside_pool_task() {
+    let pool = ThreadPool::new(2);
+    let mut rng = StdRng::seed_from_u64(5);
+    let w = quantize_matrix(DType::Q8_0, 40, 64, &gauss(&mut rng, 40 * 64, 1.0));
+    let x = gauss(&mut rng, 64, 1.0);
+    let mut want = vec![0f32; 40];
+    w.matmul(&pool, &x, 1, &mut want);
+    pool.run(4, |_| {
+        let mut got = vec![0f32; 40];
+        w.matmul(&pool, &x, 1, &mut got);
+        assert_eq!(got, want);
+    });
+}

@@ -1,0 +1,63 @@
+//! AVX2 building blocks shared by the block kernels. Every function here requires AVX2, FMA
+//! and F16C, which callers check once through [`super::common::has_avx2`].
+
+use std::arch::x86_64::*;
+
+/// Sum of the 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+
+/// One IEEE half to f32 with F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn f16_to_f32(h: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(h) as i32)))
+}
+
+/// 16 bytes of packed nibbles to 32 bytes: low nibbles in the low 128-bit lane, high nibbles in
+/// the high lane, which is ggml's element order for Q4_0/Q4_1/Q5_0/Q5_1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: `qs` is 16 readable bytes; unaligned load.
+    let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// Byte `i` of the result is `0xFF` if bit `i` of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn bits_to_bytes(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    // Byte i takes byte i/8 of `bits` (set1 repeats `bits` in both 128-bit lanes).
+    let shuf = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let bytes = _mm256_shuffle_epi8(v, shuf);
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask)
+}
+
+/// 32 bytes from memory.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn load32<T: Copy>(p: &[T]) -> __m256i {
+    assert!(std::mem::size_of_val(p) >= 32);
+    // SAFETY: at least 32 readable bytes (checked above); unaligned load.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+}
+
+/// Dot of unsigned bytes `u` (each ≤ 127) with signed bytes `s`, as 8 i32 partial sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}

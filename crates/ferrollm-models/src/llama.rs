@@ -1,0 +1,224 @@
+//! The Llama family (Llama 2/3, Mistral, SmolLM, Qwen2) over one flat variable-length batch.
+//!
+//! A step's tokens from every sequence sit in one `[tokens, hidden]` activation matrix, so
+//! each weight matrix is streamed once per step whatever the mix of prefill chunks and
+//! decodes. Only attention looks at sequence boundaries, through the paged KV cache.
+
+use std::sync::Arc;
+
+use ferrollm_kernels::ops::RopeTable;
+use ferrollm_kernels::{AttentionSeq, Backend, PagedKv, QMatrix};
+
+use crate::{Architecture, ModelConfig, ModelError, WeightSource};
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wo: QMatrix,
+    /// Qwen2's q/k/v biases.
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    w_gate: QMatrix,
+    w_up: QMatrix,
+    w_down: QMatrix,
+}
+
+pub struct LlamaModel {
+    pub config: ModelConfig,
+    embed: QMatrix,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: QMatrix,
+    rope: RopeTable,
+    backend: Arc<dyn Backend>,
+}
+
+/// The paged KV cache: per layer, K and V as `[num_blocks, block_size, n_kv_heads, head_dim]`.
+pub struct KvCache {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    kv_dim: usize,
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl KvCache {
+    pub fn new(config: &ModelConfig, num_blocks: usize, block_size: usize) -> KvCache {
+        let kv_dim = config.num_kv_heads * config.head_dim;
+        let n = num_blocks * block_size * kv_dim;
+        let layers = (0..config.num_layers).map(|_| (vec![0f32; n], vec![0f32; n])).collect();
+        KvCache { num_blocks, block_size, kv_dim, layers }
+    }
+
+    /// Bytes one block takes across all layers, K and V.
+    pub fn bytes_per_block(config: &ModelConfig, block_size: usize) -> usize {
+        2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * std::mem::size_of::<f32>()
+    }
+
+    /// Slot index of position `pos` for a sequence with `block_table`.
+    pub fn slot(&self, block_table: &[u32], pos: usize) -> usize {
+        block_table[pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    }
+}
+
+/// One sequence's share of a [`ForwardBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct SeqSlice<'a> {
+    /// Row of its first token in the flat batch.
+    pub query_start: usize,
+    pub query_len: usize,
+    /// Position of its first token (tokens before it are already in the cache).
+    pub start_pos: usize,
+    pub block_table: &'a [u32],
+}
+
+/// Inputs of one forward pass.
+pub struct ForwardBatch<'a> {
+    pub token_ids: &'a [u32],
+    pub positions: &'a [u32],
+    /// KV slot (block * block_size + offset) of each token.
+    pub slot_mapping: &'a [usize],
+    pub seqs: &'a [SeqSlice<'a>],
+    /// Rows whose logits are wanted, in output order.
+    pub logits_indices: &'a [usize],
+}
+
+fn vector(src: &dyn WeightSource, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let t = src.tensor(name)?;
+    let numel: usize = t.shape.iter().product();
+    if numel != len {
+        return Err(ModelError::BadShape { name: name.into(), got: t.shape.clone(), want: vec![len] });
+    }
+    t.to_f32()
+}
+
+fn matrix(src: &dyn WeightSource, name: &str, rows: usize, cols: usize) -> Result<QMatrix, ModelError> {
+    let t = src.tensor(name)?;
+    if t.shape != [rows, cols] {
+        return Err(ModelError::BadShape { name: name.into(), got: t.shape.clone(), want: vec![rows, cols] });
+    }
+    t.into_matrix()
+}
+
+impl LlamaModel {
+    pub fn load(config: ModelConfig, src: &dyn WeightSource, backend: Arc<dyn Backend>) -> Result<Self, ModelError> {
+        let c = &config;
+        let (h, q_dim, kv_dim) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let bias = |name: String, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
+            match c.architecture {
+                Architecture::Qwen2 => vector(src, &name, len).map(Some),
+                Architecture::Llama if src.has(&name) => vector(src, &name, len).map(Some),
+                Architecture::Llama => Ok(None),
+            }
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: vector(src, &p("attn_norm.weight"), h)?,
+                wq: matrix(src, &p("attn_q.weight"), q_dim, h)?,
+                wk: matrix(src, &p("attn_k.weight"), kv_dim, h)?,
+                wv: matrix(src, &p("attn_v.weight"), kv_dim, h)?,
+                wo: matrix(src, &p("attn_output.weight"), h, q_dim)?,
+                bq: bias(p("attn_q.bias"), q_dim)?,
+                bk: bias(p("attn_k.bias"), kv_dim)?,
+                bv: bias(p("attn_v.bias"), kv_dim)?,
+                ffn_norm: vector(src, &p("ffn_norm.weight"), h)?,
+                w_gate: matrix(src, &p("ffn_gate.weight"), c.intermediate_size, h)?,
+                w_up: matrix(src, &p("ffn_up.weight"), c.intermediate_size, h)?,
+                w_down: matrix(src, &p("ffn_down.weight"), h, c.intermediate_size)?,
+            });
+        }
+        let embed = matrix(src, "token_embd.weight", c.vocab_size, h)?;
+        let lm_head = if src.has("output.weight") { matrix(src, "output.weight", c.vocab_size, h)? } else { embed.clone() };
+        let norm = vector(src, "output_norm.weight", h)?;
+        let rope = RopeTable::new(c.head_dim, c.max_position_embeddings, c.rope_theta);
+        Ok(LlamaModel { config, embed, layers, norm, lm_head, rope, backend })
+    }
+
+    /// Bytes of weights read per decode step: the figure that bounds batch-1 speed.
+    pub fn weight_bytes(&self) -> usize {
+        let l: usize = self
+            .layers
+            .iter()
+            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.bytes().len()).sum::<usize>())
+            .sum();
+        l + self.lm_head.bytes().len()
+    }
+
+    /// Runs the batch, writing each token's K/V into the cache, and returns the logits of
+    /// `logits_indices` rows as `[logits_indices.len(), vocab]`.
+    pub fn forward(&self, batch: &ForwardBatch, kv: &mut KvCache) -> Vec<f32> {
+        let c = &self.config;
+        let be = &*self.backend;
+        let n = batch.token_ids.len();
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (q_dim, kv_dim, ff) = (c.num_heads * hd, c.num_kv_heads * hd, c.intermediate_size);
+        assert_eq!(kv.kv_dim, kv_dim, "KV cache built for another model");
+        let style = c.rope_style;
+
+        let mut x = vec![0f32; n * h];
+        for (t, &id) in batch.token_ids.iter().enumerate() {
+            self.embed.dequantize_row(id as usize, &mut x[t * h..(t + 1) * h]);
+        }
+        let mut xn = vec![0f32; n * h];
+        let mut q = vec![0f32; n * q_dim];
+        let mut k = vec![0f32; n * kv_dim];
+        let mut v = vec![0f32; n * kv_dim];
+        let mut attn = vec![0f32; n * q_dim];
+        let mut o = vec![0f32; n * h];
+        let mut gate = vec![0f32; n * ff];
+        let mut up = vec![0f32; n * ff];
+        let attn_seqs: Vec<AttentionSeq> = batch
+            .seqs
+            .iter()
+            .map(|s| AttentionSeq {
+                query_start: s.query_start,
+                query_len: s.query_len,
+                context_len: s.start_pos + s.query_len,
+                block_table: s.block_table,
+            })
+            .collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+
+        for (layer, (kc, vc)) in self.layers.iter().zip(kv.layers.iter_mut()) {
+            be.rms_norm(&x, &layer.attn_norm, c.rms_norm_eps, &mut xn);
+            be.matmul(&layer.wq, &xn, n, &mut q);
+            be.matmul(&layer.wk, &xn, n, &mut k);
+            be.matmul(&layer.wv, &xn, n, &mut v);
+            if let (Some(bq), Some(bk), Some(bv)) = (&layer.bq, &layer.bk, &layer.bv) {
+                ferrollm_kernels::ops::add_bias(&mut q, bq);
+                ferrollm_kernels::ops::add_bias(&mut k, bk);
+                ferrollm_kernels::ops::add_bias(&mut v, bv);
+            }
+            be.rope(&self.rope, &mut q, batch.positions, c.num_heads, style);
+            be.rope(&self.rope, &mut k, batch.positions, c.num_kv_heads, style);
+            be.write_kv(kc, vc, &k, &v, batch.slot_mapping, kv_dim);
+            let paged = PagedKv { k: kc, v: vc, block_size: kv.block_size, n_kv_heads: c.num_kv_heads, head_dim: hd };
+            be.paged_attention(&q, &paged, &attn_seqs, c.num_heads, scale, &mut attn);
+            be.matmul(&layer.wo, &attn, n, &mut o);
+            be.add_inplace(&mut x, &o);
+
+            be.rms_norm(&x, &layer.ffn_norm, c.rms_norm_eps, &mut xn);
+            be.matmul(&layer.w_gate, &xn, n, &mut gate);
+            be.matmul(&layer.w_up, &xn, n, &mut up);
+            be.silu_mul(&mut gate, &up);
+            be.matmul(&layer.w_down, &gate, n, &mut o);
+            be.add_inplace(&mut x, &o);
+        }
+
+        let m = batch.logits_indices.len();
+        let mut last = vec![0f32; m * h];
+        for (i, &row) in batch.logits_indices.iter().enumerate() {
+            last[i * h..(i + 1) * h].copy_from_slice(&x[row * h..(row + 1) * h]);
+        }
+        let mut normed = vec![0f32; m * h];
+        be.rms_norm(&last, &self.norm, c.rms_norm_eps, &mut normed);
+        let mut logits = vec![0f32; m * c.vocab_size];
+        be.matmul(&self.lm_head, &normed, m, &mut logits);
+        logits
+    }
+}

@@ -1,0 +1,45 @@
+//! Read-only endpoints: models, health, version, metrics.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+
+use crate::errors::ApiError;
+use crate::protocol::models::{ModelCard, ModelList, VersionResponse};
+use crate::state::AppState;
+
+fn card(state: &AppState) -> ModelCard {
+    let info = state.engine.info();
+    ModelCard {
+        id: state.models.served.clone(),
+        object: "model",
+        created: state.started,
+        owned_by: "ferrollm",
+        root: info.model_name.clone(),
+        parent: None,
+        max_model_len: info.max_model_len,
+    }
+}
+
+pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList { object: "list", data: vec![card(&state)] })
+}
+
+pub async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
+    state.models.resolve(Some(&id))?;
+    Ok(Json(card(&state)))
+}
+
+/// 200 while the engine runs; the engine thread has no separate failure state to report yet.
+pub async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
+pub async fn version() -> Json<VersionResponse> {
+    Json(VersionResponse { version: env!("CARGO_PKG_VERSION") })
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.engine.metrics().render_prometheus())
+}
