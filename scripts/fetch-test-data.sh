@@ -6,13 +6,13 @@
 # so one pinned, hash-checked `pip download` gives a reproducible set without cloning llama.cpp.
 #
 # Idempotent: files already in the cache with the right sha256 are left alone.
-# Cache: $FERROLLM_TESTDATA, default ~/.cache/ferrollm/testdata.
+# Cache: $FERROLLM_TESTDATA, default ${FERROLLM_CACHE:-~/.cache/ferrollm}/testdata.
 set -euo pipefail
 
 VERSION="0.3.36"
 SDIST="llama_cpp_python-${VERSION}.tar.gz"
 SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-DEST="${FERROLLM_TESTDATA:-$HOME/.cache/ferrollm/testdata}"
+DEST="${FERROLLM_TESTDATA:-${FERROLLM_CACHE:-$HOME/.cache/ferrollm}/testdata}"
 PYTHON="${PYTHON:-python3}"
 
 # name sha256, for every file we extract (from the pinned sdist above).
@@ -44,6 +44,12 @@ ggml-vocab-deepseek-coder.gguf.out c2cea4584b0487e67fbd81f491bb44f89238722062126
 ggml-vocab-falcon.gguf 9f0bf8b0733680398b72e652e90f260f43782f326e75545fc0e49611a5ba35ad
 ggml-vocab-falcon.gguf.inp be0a11f7071f0c67d3053a2d377d8f35f0dbcb77ff11a60300fb57d36b477cf0
 ggml-vocab-falcon.gguf.out f8c80a0483582ef195c2129b69bb2e4e421b0f31ed7b35d84b63511d7ebae7cd
+ggml-vocab-llama-spm.gguf 16c3724582d59aa8bf84711894e833f916ee46a31d80e21312759c48bf8d0e69
+ggml-vocab-llama-spm.gguf.inp be0a11f7071f0c67d3053a2d377d8f35f0dbcb77ff11a60300fb57d36b477cf0
+ggml-vocab-llama-spm.gguf.out ad6905c925c49c022974fe67e030382e8a4f56eb4489a0b9481dcedb1ec73b29
+ggml-vocab-phi-3.gguf 967d7190d11c4842eab697079d98d56c2116e10eb617be355a2733bfc132e326
+ggml-vocab-phi-3.gguf.inp be0a11f7071f0c67d3053a2d377d8f35f0dbcb77ff11a60300fb57d36b477cf0
+ggml-vocab-phi-3.gguf.out ad6905c925c49c022974fe67e030382e8a4f56eb4489a0b9481dcedb1ec73b29
 "
 
 die() { echo "fetch-test-data: error: $*" >&2; exit 1; }

@@ -71,11 +71,11 @@ CONVERSATIONS = [
                 "type": "function",
                 "function": {
                     "name": "get_weather",
-                    "description": "Get the current weather for a city.",
+                    "description": "Get the current weather for a city, in °C or °F.",
                     "parameters": {
                         "type": "object",
                         "properties": {
-                            "city": {"type": "string", "description": "City name, e.g. Paris"},
+                            "city": {"type": "string", "description": "City name, e.g. \"Paris\" or 'São Paulo' & <others>"},
                             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
                         },
                         "required": ["city"],

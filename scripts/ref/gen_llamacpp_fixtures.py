@@ -163,6 +163,40 @@ PROMPTS = [
         "name": "single_word",
         "text": "Hello",
     },
+    {
+        "name": "code_c",
+        "text": (
+            "#include <stdio.h>\n#include <stdlib.h>\n\n"
+            "/* Sum the first n squares, checking for overflow. */\n"
+            "static long sum_squares(int n) {\n"
+            "    long total = 0;\n"
+            "    for (int i = 1; i <= n; ++i) {\n"
+            "        if (total > 9223372036854775807L - (long)i * i) {\n"
+            "            fprintf(stderr, \"overflow at %d\\n\", i);\n"
+            "            exit(1);\n"
+            "        }\n"
+            "        total += (long)i * i;\n"
+            "    }\n"
+            "    return total;\n"
+            "}\n\n"
+            "int main(int argc, char **argv) {\n"
+            "    int n = argc > 1 ? atoi(argv[1]) : 10;\n"
+            "    printf(\"%ld\\n\", sum_squares(n));\n"
+            "    return 0;\n"
+            "}\n"
+        ),
+    },
+    {
+        "name": "markdown",
+        "text": (
+            "## Results\n\n"
+            "| Model | Params | Tokens/s |\n"
+            "|-------|-------:|---------:|\n"
+            "| tiny  | 135M   | 48.2     |\n"
+            "| small | 0.5B   | 17.9     |\n\n"
+            "> **Note:** numbers are _approximate_; see `bench.md` for details.\n"
+        ),
+    },
 ]
 
 GREEDY_PROMPTS = [
@@ -294,6 +328,7 @@ def main():
         "format": "ferrollm-llamacpp-fixture-v1",
         "generator": "scripts/ref/gen_llamacpp_fixtures.py",
         "llama_cpp_python_version": llama_cpp.__version__,
+        "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "model_file": os.path.basename(args.model),

@@ -60,13 +60,14 @@ class Server:
             return f.read()
 
     def metrics(self) -> dict:
-        """Prometheus samples keyed by name (labels dropped), last value wins."""
+        """Prometheus samples keyed both by `name{labels}` and by bare name (last sample wins)."""
         text = requests.get(f"{self.base}/metrics", timeout=10).text
         out = {}
         for line in text.splitlines():
             if not line or line.startswith("#"):
                 continue
             name_labels, _, value = line.rpartition(" ")
+            out[name_labels] = float(value)
             out[name_labels.split("{")[0]] = float(value)
         return out
 

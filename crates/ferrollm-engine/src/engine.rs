@@ -85,6 +85,8 @@ struct Shared {
     children: Mutex<HashMap<RequestId, ChildState>>,
     /// Requests admitted and not yet finished (all their completions).
     pending: AtomicUsize,
+    /// False once the engine core has stopped (shut down or crashed).
+    alive: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -262,6 +264,7 @@ impl Engine {
             core_tx: Mutex::new(core_tx),
             children: Mutex::new(HashMap::new()),
             pending: AtomicUsize::new(0),
+            alive: std::sync::atomic::AtomicBool::new(true),
         });
         let core_thread = std::thread::Builder::new()
             .name("engine-core".into())
@@ -298,6 +301,12 @@ impl Engine {
 
     pub fn scheduler_stats(&self) -> SchedulerStats {
         self.metrics().snapshot().scheduler
+    }
+
+    /// Whether the engine core is still running; false after a crash, when every open stream
+    /// has been closed and new requests are refused.
+    pub fn is_alive(&self) -> bool {
+        self.inner.shared.alive.load(Ordering::Relaxed)
     }
 
     /// Requests admitted and not finished.
@@ -375,6 +384,9 @@ impl Engine {
             });
         }
         let shared = &self.inner.shared;
+        if !shared.alive.load(Ordering::Relaxed) {
+            return Err(EngineError::Config("the engine has stopped; see the server log".into()));
+        }
         if shared.pending.load(Ordering::Relaxed) >= self.inner.max_pending {
             return Err(EngineError::Overloaded(format!(
                 "{} requests are already pending; try again later",
@@ -421,7 +433,7 @@ impl Engine {
                         arrival,
                         last_token: None,
                         cumulative_logprob: 0.0,
-                        sent_prompt_logprobs: i != 0,
+                        sent_prompt_logprobs: false,
                     },
                 );
                 let mut req = Request::new(child_id.clone(), prompt_ids.clone(), p);
@@ -473,14 +485,21 @@ impl Engine {
     }
 }
 
-/// Turns core outputs into text deltas on each request's stream.
+/// Turns core outputs into text deltas on each request's stream. When the core stops, every
+/// open stream is closed (its sender dropped), so no client waits forever on a dead engine.
 fn output_loop(shared: Arc<Shared>, rx: Receiver<CoreEvent>) {
+    deliver_outputs(&shared, rx);
+    shared.alive.store(false, Ordering::Relaxed);
+    shared.children.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+fn deliver_outputs(shared: &Shared, rx: Receiver<CoreEvent>) {
     while let Ok(ev) = rx.recv() {
         match ev {
             CoreEvent::Outputs(outputs, stats) => {
                 shared.metrics.update(|m| m.scheduler = stats);
                 for o in outputs {
-                    handle_output(&shared, o);
+                    handle_output(shared, o);
                 }
             }
             CoreEvent::Rejected(id, message) => {
@@ -542,7 +561,8 @@ fn handle_output(shared: &Shared, o: EngineCoreOutput) {
         c.cumulative_logprob += l.iter().map(|t| t.chosen.logprob as f64).sum::<f64>();
     }
     let mut prompt_logprobs = None;
-    if let Some(p) = o.new_prompt_logprobs {
+    // Every completion computes the prompt; only the first reports its logprobs.
+    if let Some(p) = o.new_prompt_logprobs.filter(|_| c.index == 0) {
         let mut v: Vec<Option<TokenLogprobs>> = Vec::new();
         if !c.sent_prompt_logprobs {
             v.push(None);

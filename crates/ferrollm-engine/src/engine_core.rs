@@ -45,6 +45,8 @@ impl EngineCore {
 
     /// Serves requests from `rx` until `Shutdown` or until every sender is gone.
     pub fn run(mut self, rx: Receiver<CoreRequest>, tx: Sender<CoreEvent>) {
+        // Publish capacity at once, so gauges are right before the first request.
+        let _ = tx.send(CoreEvent::Outputs(Vec::new(), self.scheduler.stats()));
         loop {
             // Block only when idle, so new requests join between steps without delaying them.
             let first = if self.scheduler.has_unfinished_requests() {

@@ -6,7 +6,7 @@
 //! them, so decode numbers are for weights streamed from DRAM, as in a real decode step. Times
 //! are medians over many calls, except the `hot` section, which reports the fastest call as a
 //! measure of kernel speed that holds up on a busy machine. Arguments pick sections (`pool`,
-//! `membw`, `hot`, `gemv`, `prefill`) and dtypes (`Q8_0`, `Q4_K`, ...); none means all.
+//! `membw`, `hot`, `gemv`, `prefill`, `model`) and dtypes (`Q8_0`, `Q4_K`, ...); none means all.
 
 use std::time::{Duration, Instant};
 
@@ -121,13 +121,14 @@ fn median_time(budget: Duration, min_reps: usize, mut f: impl FnMut(usize)) -> f
     times[times.len() / 2]
 }
 
-const SECTIONS: [&str; 5] = ["pool", "membw", "hot", "gemv", "prefill"];
+const SECTIONS: [&str; 6] = ["pool", "membw", "hot", "gemv", "prefill", "model"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let sections: Vec<&str> = SECTIONS.iter().copied().filter(|s| args.iter().any(|a| a == s)).collect();
     let section = |name: &str| sections.is_empty() || sections.contains(&name);
-    let named: Vec<DType> = DTYPES.iter().copied().filter(|d| args.iter().any(|a| a.eq_ignore_ascii_case(d.name()))).collect();
+    let named: Vec<DType> =
+        DTYPES.iter().copied().filter(|d| args.iter().any(|a| a.eq_ignore_ascii_case(d.name()))).collect();
     let dtypes: Vec<DType> = if named.is_empty() { DTYPES.to_vec() } else { named };
     let pools = [ThreadPool::new(1), ThreadPool::new(2)];
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -136,6 +137,35 @@ fn main() {
         for pool in &pools {
             let t = median_time(Duration::from_millis(300), 1000, |_| pool.run(pool.num_threads(), |_| {}));
             println!("pool overhead, {} thread(s), empty run: {:.2} us", pool.num_threads(), t * 1e6);
+        }
+        // A job whose tasks take ~2 us each, so the worker must wake and join for a speedup;
+        // back-to-back calls, as in a decode step.
+        let spin = |us: f64| {
+            let t = Instant::now();
+            while t.elapsed().as_secs_f64() < us * 1e-6 {
+                std::hint::spin_loop();
+            }
+        };
+        for pool in &pools {
+            let n = pool.num_threads();
+            let t = median_time(Duration::from_millis(300), 1000, |_| pool.run(4 * n, |_| spin(2.0)));
+            let me = std::thread::current().id();
+            let helped = std::sync::atomic::AtomicUsize::new(0);
+            for _ in 0..1000 {
+                pool.run(4 * n, |_| {
+                    spin(2.0);
+                    if std::thread::current().id() != me {
+                        helped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+            println!(
+                "pool, {n} thread(s), {} tasks of 2 us back to back: {:.2} us (ideal {:.0} us); {:.0}% of tasks ran on workers",
+                4 * n,
+                t * 1e6,
+                8.0,
+                helped.into_inner() as f64 / (4000 * n) as f64 * 100.0
+            );
         }
     }
 
@@ -152,14 +182,20 @@ fn main() {
                     sink.fetch_add(s, std::sync::atomic::Ordering::Relaxed);
                 })
             });
-            println!("memory read bandwidth, {} thread(s): {:.1} GB/s", pool.num_threads(), (buf.len() * 8) as f64 / t / 1e9);
+            println!(
+                "memory read bandwidth, {} thread(s): {:.1} GB/s",
+                pool.num_threads(),
+                (buf.len() * 8) as f64 / t / 1e9
+            );
         }
     }
 
-
     if section("hot") {
         println!("\nKernel speed, 1 thread, weights hot in L2 (256 x 1536); fastest of many calls");
-        println!("{:<6} {:>14} {:>14} {:>14} {:>14}", "dtype", "n=1 GB/s", "n=1 GFLOP/s", "n=4 GFLOP/s", "n=64 GFLOP/s");
+        println!(
+            "{:<6} {:>14} {:>14} {:>14} {:>14}",
+            "dtype", "n=1 GB/s", "n=1 GFLOP/s", "n=4 GFLOP/s", "n=64 GFLOP/s"
+        );
         for &dtype in &dtypes {
             let (rows, cols) = (256, 1536);
             let w = random_matrix(&mut rng, dtype, rows, cols);
@@ -201,9 +237,8 @@ fn main() {
                         .collect();
                     let x: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
                     let mut out = vec![0f32; rows];
-                    let t = median_time(Duration::from_millis(250), 10, |i| {
-                        mats[i % copies].matmul(pool, &x, 1, &mut out)
-                    });
+                    let t =
+                        median_time(Duration::from_millis(250), 10, |i| mats[i % copies].matmul(pool, &x, 1, &mut out));
                     print!(" {:>9.1} ({:>5.0}us)", bytes as f64 / t / 1e9, t * 1e6);
                 }
                 println!();
@@ -226,6 +261,51 @@ fn main() {
                     let mut out = vec![0f32; n * rows];
                     let t = median_time(Duration::from_millis(300), 5, |_| w.matmul(&pools[1], &x, n, &mut out));
                     print!("  n={n:<3} {:>6.1}", 2.0 * (rows * cols * n) as f64 / t / 1e9);
+                }
+                println!();
+            }
+        }
+    }
+
+    if section("model") {
+        // Every matmul of one SmolLM2-135M forward pass (30 layers of q, k, v, o, gate, up, down),
+        // with each layer's weights distinct so decode streams all of them from memory; the
+        // tied output projection is timed separately for one token, as llama-bench's pp512
+        // computes logits for the last token only.
+        println!("\nSmolLM2-135M, all layer matmuls of one forward pass (2 threads), median");
+        let layer: [(usize, usize); 7] =
+            [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)];
+        for &dtype in &dtypes {
+            if 576 % dtype.block_size() != 0 {
+                continue;
+            }
+            let mats: Vec<QMatrix> = (0..30)
+                .flat_map(|_| layer.iter().map(|&(c, r)| random_matrix(&mut rng, dtype, r, c)).collect::<Vec<_>>())
+                .collect();
+            let head = random_matrix(&mut rng, dtype, 49152, 576);
+            let bytes: usize = mats.iter().map(|m| m.bytes().len()).sum();
+            for n in [1usize, 16, 512] {
+                let xs: Vec<f32> = (0..n * 1536).map(|_| rng.f32()).collect();
+                let mut out = vec![0f32; n * 1536];
+                let reps = if n == 512 { 3 } else { 20 };
+                let t = median_time(Duration::from_millis(if n == 512 { 2000 } else { 500 }), reps, |_| {
+                    for m in &mats {
+                        m.matmul(&pools[1], &xs[..n * m.cols], n, &mut out[..n * m.rows]);
+                    }
+                });
+                let th = median_time(Duration::from_millis(200), 5, |_| {
+                    head.matmul(&pools[1], &xs[..576], 1, &mut vec![0f32; 49152])
+                });
+                let total = t + th;
+                print!(
+                    "{:<5} n={n:<3}: layers {:>7.2} ms + head(1 token) {:>5.2} ms -> {:>7.1} tok/s",
+                    dtype.name(),
+                    t * 1e3,
+                    th * 1e3,
+                    n as f64 / total
+                );
+                if n == 1 {
+                    print!(", layer weights {:.1} GB/s", bytes as f64 / t / 1e9);
                 }
                 println!();
             }

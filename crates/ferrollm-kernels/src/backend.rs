@@ -16,7 +16,15 @@ pub trait Backend: Send + Sync {
     fn add_inplace(&self, x: &mut [f32], y: &[f32]);
     fn write_kv(&self, k_cache: &mut [f32], v_cache: &mut [f32], k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize);
     #[allow(clippy::too_many_arguments)]
-    fn paged_attention(&self, q: &[f32], kv: &PagedKv, seqs: &[AttentionSeq], n_heads: usize, scale: f32, out: &mut [f32]);
+    fn paged_attention(
+        &self,
+        q: &[f32],
+        kv: &PagedKv,
+        seqs: &[AttentionSeq],
+        n_heads: usize,
+        scale: f32,
+        out: &mut [f32],
+    );
 }
 
 /// Kernels on the host CPU, with runtime SIMD dispatch inside each kernel.
@@ -59,7 +67,15 @@ impl Backend for CpuBackend {
     fn write_kv(&self, k_cache: &mut [f32], v_cache: &mut [f32], k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize) {
         attention::write_kv(k_cache, v_cache, k, v, slots, kv_dim)
     }
-    fn paged_attention(&self, q: &[f32], kv: &PagedKv, seqs: &[AttentionSeq], n_heads: usize, scale: f32, out: &mut [f32]) {
+    fn paged_attention(
+        &self,
+        q: &[f32],
+        kv: &PagedKv,
+        seqs: &[AttentionSeq],
+        n_heads: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
         attention::paged_attention(self.pool, q, kv, seqs, n_heads, scale, out)
     }
 }

@@ -60,18 +60,12 @@ pub struct QMatrix {
 
 impl QMatrix {
     pub fn new(dtype: DType, rows: usize, cols: usize, data: Bytes) -> Result<QMatrix, KernelError> {
-        if cols % dtype.block_size() != 0 {
+        if !cols.is_multiple_of(dtype.block_size()) {
             return Err(KernelError::BadRowLength { dtype: dtype.name(), cols, block: dtype.block_size() });
         }
         let need = dtype.row_bytes(cols) * rows;
         if data.len() != need {
-            return Err(KernelError::BadDataLength {
-                dtype: dtype.name(),
-                rows,
-                cols,
-                have: data.len(),
-                need,
-            });
+            return Err(KernelError::BadDataLength { dtype: dtype.name(), rows, cols, have: data.len(), need });
         }
         Ok(QMatrix { dtype, rows, cols, data })
     }

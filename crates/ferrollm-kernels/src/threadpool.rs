@@ -18,9 +18,12 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins before it goes to sleep; long enough to bridge the gaps
-/// between the matmuls of one decode step, short enough not to hog a core between requests.
-const SPIN_FOR: Duration = Duration::from_micros(500);
+/// How long an idle worker busy-waits for the next job: long enough to bridge the gaps between
+/// the matmuls of one decode step (a few microseconds of norms and element-wise ops).
+const SPIN_FOR: Duration = Duration::from_micros(50);
+/// How long it then keeps polling while yielding its core, before it goes to sleep. Yielding
+/// keeps the wake-up cheap without starving other threads when the machine is oversubscribed.
+const YIELD_FOR: Duration = Duration::from_micros(1000);
 
 thread_local! {
     /// Set while this thread runs pool tasks, so nested `run` calls go inline.
@@ -204,14 +207,20 @@ fn worker_loop(shared: &Shared) {
     IN_POOL.with(|c| c.set(true));
     let mut seen = 0u64;
     loop {
-        // Wait for a new epoch: spin first, then sleep.
+        // Wait for a new epoch: spin, then poll while yielding, then sleep.
         let start = Instant::now();
         let mut spins = 0u32;
+        let mut waited = Duration::ZERO;
         let mut s = shared.state.load(Ordering::Acquire);
         while s >> 32 == seen && !shared.shutdown.load(Ordering::Relaxed) {
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 || start.elapsed() < SPIN_FOR {
+            if spins & 63 == 0 {
+                waited = start.elapsed();
+            }
+            if waited < SPIN_FOR {
                 std::hint::spin_loop();
+            } else if waited < YIELD_FOR {
+                std::thread::yield_now();
             } else {
                 let mut l = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 shared.sleepers.fetch_add(1, Ordering::SeqCst);
@@ -327,7 +336,7 @@ mod tests {
         let pool = ThreadPool::new(3);
         let sum = AtomicU64::new(0);
         for _ in 0..3 {
-            std::thread::sleep(SPIN_FOR * 4);
+            std::thread::sleep(YIELD_FOR * 3);
             pool.run(10, |t| {
                 sum.fetch_add(t as u64, Ordering::Relaxed);
             });

@@ -318,3 +318,33 @@ fn fuzz_smollm2_header_never_panics() {
     drop(bytes);
     fuzz(&base, header_len, 400, 0xbeef);
 }
+
+#[test]
+fn fuzz_smollm2_tokenizer_metadata_never_panics() {
+    // The real header with its tensor count zeroed, so mutated copies still open and the
+    // config and tokenizer builders see corrupted vocabularies, merges and ids.
+    let path = common::model(common::SMOLLM2);
+    let header_len = GgufFile::open(&path).unwrap().data_offset();
+    let bytes = std::fs::read(&path).unwrap();
+    let mut base = bytes[..header_len].to_vec();
+    drop(bytes);
+    base[8..16].copy_from_slice(&0u64.to_le_bytes());
+    let g = GgufFile::from_bytes(base.clone()).unwrap();
+    assert!(ferrollm_models::Tokenizer::from_gguf(&g).is_ok());
+
+    let mut rng = StdRng::seed_from_u64(0x70c);
+    let mut built = 0;
+    for _ in 0..40 {
+        let b = mutate(&mut rng, &base, header_len);
+        if let Ok(g) = GgufFile::from_bytes(b) {
+            let _ = ferrollm_models::ModelConfig::from_gguf(&g);
+            if let Ok(tok) = ferrollm_models::Tokenizer::from_gguf(&g) {
+                built += 1;
+                let ids = tok.encode("Hello <|im_start|> wörld 123", true).unwrap_or_default();
+                let _ = tok.decode(&ids, false);
+                let _ = tok.decode(&ids, true);
+            }
+        }
+    }
+    eprintln!("tokenizer fuzz: {built} of 40 mutated vocabularies built");
+}

@@ -115,3 +115,32 @@ fn qwen25_coder_tokenizer_matches_llama_cpp() {
     assert_eq!(tok.eos_token(), Some("<|im_end|>"));
     check_tokenizer_against_llama_cpp(common::QWEN25_CODER, &tok);
 }
+
+#[test]
+fn loaded_types_are_thread_safe() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+    assert_send_sync::<GgufFile>();
+    assert_send_sync::<ferrollm_models::safetensors_dir::SafetensorsDir>();
+}
+
+#[test]
+fn qwen25_tokenizer_loads_quickly() {
+    // 152k tokens and 151k merges: loading is on the startup path, keep an eye on it.
+    let g = GgufFile::open(common::model(common::QWEN25_CODER)).unwrap();
+    let t0 = std::time::Instant::now();
+    let tok = Tokenizer::from_gguf(&g).unwrap();
+    let took = t0.elapsed();
+    eprintln!("qwen2.5 tokenizer built in {took:?}");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    assert_eq!(tok.vocab_size(), 151936);
+
+    // Streaming output decodes token by token; that must not cost a vocabulary scan each time.
+    let ids = tok.encode(&"The quick brown fox jumps over the lazy dog. ".repeat(50), false).unwrap();
+    let t0 = std::time::Instant::now();
+    for &id in &ids {
+        tok.decode(&[id], false).unwrap();
+    }
+    let per = t0.elapsed() / ids.len() as u32;
+    assert!(per < std::time::Duration::from_millis(1), "decoding one token takes {per:?}");
+}

@@ -161,3 +161,30 @@ fn unknown_pre_tokenizer_is_named_in_the_error() {
     let err = Tokenizer::from_gguf(&g).unwrap_err().to_string();
     assert!(err.contains("no-such-pre"), "{err}");
 }
+
+#[test]
+fn llama_spm_matches_llama_cpp() {
+    check_vocab("llama-spm");
+}
+
+#[test]
+fn phi3_spm_matches_llama_cpp() {
+    check_vocab("phi-3");
+}
+
+#[test]
+fn llama_spm_bos_and_special_tokens() {
+    let tok = load("llama-spm");
+    assert!(tok.add_bos());
+    assert_eq!((tok.bos_token(), tok.eos_token()), (Some("<s>"), Some("</s>")));
+    let ids = tok.encode("Hello world", true).unwrap();
+    assert_eq!(ids[0], 1);
+    assert_eq!(&ids[1..], tok.encode("Hello world", false).unwrap().as_slice());
+    assert_eq!(tok.decode(&ids, true).unwrap(), "Hello world");
+    // A special token in text is one id, and the text after it gets its own space prefix,
+    // as in llama.cpp.
+    let with = tok.encode("</s>Hi", false).unwrap();
+    assert_eq!(with[0], 2);
+    assert_eq!(&with[1..], tok.encode("Hi", false).unwrap().as_slice());
+    assert!(tok.eos_token_ids().contains(&2));
+}

@@ -142,6 +142,42 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("messages[0].content"));
     }
 
+    /// Through axum: rejections come back as JSON 400s, never axum's plain-text 415/422.
+    #[tokio::test]
+    async fn rejections_are_json_400s() {
+        use axum::body::Body;
+        use axum::routing::post;
+        use tower::ServiceExt;
+
+        let app = axum::Router::new().route("/", post(|ApiJson(v): ApiJson<Outer>| async move { format!("{v:?}") }));
+        let send = |ct: Option<&'static str>, body: &'static str| {
+            let app = app.clone();
+            async move {
+                let mut req = axum::http::Request::builder().method("POST").uri("/");
+                if let Some(ct) = ct {
+                    req = req.header(header::CONTENT_TYPE, ct);
+                }
+                let resp = app.oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+                let status = resp.status();
+                let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+                (status, serde_json::from_slice::<Value>(&bytes).ok())
+            }
+        };
+        let ok = send(Some("application/json"), r#"{"messages": []}"#).await;
+        assert_eq!(ok.0, StatusCode::OK);
+        for (ct, body, param) in [
+            (Some("text/plain"), r#"{"messages": []}"#, None),
+            (None, r#"{"messages": []}"#, None),
+            (Some("application/json"), r#"{"messages": ["#, None),
+            (Some("application/json"), r#"{"messages": [], "temperature": true}"#, Some("temperature")),
+        ] {
+            let (status, body) = send(ct, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            let err = &body.expect("a JSON error body")["error"];
+            assert_eq!(err["param"].as_str(), param);
+        }
+    }
+
     #[test]
     fn missing_fields_are_named() {
         let e = from_value::<Outer>(&serde_json::json!({})).unwrap_err();

@@ -6,6 +6,7 @@
 //! scheduler or the model. Call [`serve`] with a running [`ferrollm_engine::Engine`].
 
 pub mod config;
+pub mod cors;
 pub mod errors;
 pub mod extract;
 pub mod logprobs;

@@ -90,9 +90,10 @@ pub mod avx2 {
         for a in acts {
             assert_eq!(a.len(), w.len());
         }
+        // Two accumulator sets (vector products and scalar offsets), one per block of a pair.
         let mut acc = [[_mm256_setzero_ps(); T]; 2];
-        let mut macc = [0f32; T];
-        let mut step = |i: usize, acc: &mut [__m256; T]| {
+        let mut macc = [[0f32; T]; 2];
+        let step = |i: usize, acc: &mut [__m256; T], macc: &mut [f32; T]| {
             // SAFETY: this function's target features are those `unpack_avx2` needs.
             let (q, d, m) = unsafe { w[i].unpack_avx2() };
             let dv = _mm256_set1_ps(d);
@@ -105,16 +106,17 @@ pub mod avx2 {
         };
         let pairs = w.len() / 2;
         let [acc0, acc1] = &mut acc;
+        let [macc0, macc1] = &mut macc;
         for i in 0..pairs {
-            step(2 * i, acc0);
-            step(2 * i + 1, acc1);
+            step(2 * i, acc0, macc0);
+            step(2 * i + 1, acc1, macc1);
         }
         if w.len() % 2 == 1 {
-            step(w.len() - 1, acc0);
+            step(w.len() - 1, acc0, macc0);
         }
         let mut out = [0f32; T];
         for t in 0..T {
-            out[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t])) + macc[t];
+            out[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t])) + (macc[0][t] + macc[1][t]);
         }
         out
     }

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 /// # Safety
 /// Implementors must satisfy the properties above.
 pub unsafe trait Block: Copy + Send + Sync + 'static {
-    /// Bytes per block, also checked against `size_of` at compile time by [`assert_block`].
+    /// Bytes per block (each layout also asserts its `size_of` at compile time).
     const BYTES: usize;
     /// Weights per block.
     const ELEMS: usize;
@@ -20,7 +20,12 @@ pub unsafe trait Block: Copy + Send + Sync + 'static {
 pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
     assert_eq!(std::mem::size_of::<B>(), B::BYTES);
     assert_eq!(std::mem::align_of::<B>(), 1);
-    assert!(bytes.len() % B::BYTES == 0, "{} bytes is not a whole number of {}-byte blocks", bytes.len(), B::BYTES);
+    assert!(
+        bytes.len().is_multiple_of(B::BYTES),
+        "{} bytes is not a whole number of {}-byte blocks",
+        bytes.len(),
+        B::BYTES
+    );
     // SAFETY: `B` has alignment 1, no padding, and accepts every bit pattern (the `Block`
     // contract, with size and alignment re-checked above); the length divides exactly.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / B::BYTES) }
@@ -86,7 +91,7 @@ pub fn for_each_row<A, const T: usize>(
     tile: impl Fn(&[u8], &[&[A]; T]) -> [f32; T],
 ) {
     let acts: &[&[A]; T] = acts.try_into().expect("token tile width");
-    assert!(row_bytes > 0 && bytes.len() % row_bytes == 0);
+    assert!(row_bytes > 0 && bytes.len().is_multiple_of(row_bytes));
     assert_eq!(out.len(), bytes.len() / row_bytes * T);
     for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(T)) {
         o.copy_from_slice(&tile(row, acts));

@@ -128,9 +128,11 @@ mod avx2 {
         for a in acts {
             assert_eq!(a.len(), cols);
         }
-        let mut acc = [_mm256_setzero_ps(); T];
+        // Two accumulator sets, so one token is not bound by the latency of a single FMA chain.
+        let mut acc0 = [_mm256_setzero_ps(); T];
+        let mut acc1 = [_mm256_setzero_ps(); T];
         let main = cols / 8 * 8;
-        for i in (0..main).step_by(8) {
+        let step = |i: usize, acc: &mut [__m256; T]| {
             let w = load8::<K>(row, i);
             for t in 0..T {
                 let x = &acts[t][i..i + 8];
@@ -138,7 +140,15 @@ mod avx2 {
                 let xv = unsafe { _mm256_loadu_ps(x.as_ptr()) };
                 acc[t] = _mm256_fmadd_ps(w, xv, acc[t]);
             }
+        };
+        for i in (0..main / 16 * 16).step_by(16) {
+            step(i, &mut acc0);
+            step(i + 8, &mut acc1);
         }
+        if main % 16 != 0 {
+            step(main - 8, &mut acc0);
+        }
+        let acc: [__m256; T] = std::array::from_fn(|t| _mm256_add_ps(acc0[t], acc1[t]));
         let mut out = [0f32; T];
         for t in 0..T {
             out[t] = hsum_ps(acc[t]) + (main..cols).map(|i| kind.get(row, i) * acts[t][i]).sum::<f32>();

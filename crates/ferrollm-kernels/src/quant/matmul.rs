@@ -1,18 +1,21 @@
 //! The matmul driver: activation quantization, tiling and the split across threads.
 //!
-//! Threads split the weight rows. Within a task, rows are taken in sub-blocks small enough to
-//! stay in L1 while every token passes over them, four tokens per kernel call so that each
-//! weight block is decoded once per four tokens. For decode (a few tokens) this streams each
-//! weight row exactly once; for prefill it turns the work compute-bound on L1-resident data.
+//! Threads split the weight rows. Within a task, tokens are taken in blocks whose quantized
+//! activations fit in L2, and rows in sub-blocks small enough to stay in L1 while every token of
+//! the block passes over them, four tokens per kernel call so that each weight block is decoded
+//! once per four tokens. For decode (a few tokens) this streams each weight row exactly once;
+//! for prefill it keeps the kernels fed from L1 and L2.
 
 use super::act::{self, BlockQ8A, BlockQ8K};
 use super::float::{self, Float};
-use super::{block32, kquant, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
+use super::{block32, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
 use crate::threadpool::DisjointSlice;
 use crate::{DType, QMatrix, ThreadPool};
 
 /// Weight bytes per row sub-block when many tokens reuse it: about half of a 32 KiB L1.
 const WEIGHT_BLOCK_BYTES: usize = 16 << 10;
+/// Activation bytes per token block: an eighth of a 1 MiB L2, leaving room for the task's rows.
+const TOKEN_BLOCK_BYTES: usize = 128 << 10;
 /// Most tokens dotted against one weight row in one kernel call.
 const TILE: usize = 4;
 
@@ -39,8 +42,8 @@ pub fn matmul(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, out: &mut [f3
         DType::Q5_0 => run(pool, w, x, n, out, 32, q8a, block32::dot_rows::<q5_0::BlockQ5_0>),
         DType::Q5_1 => run(pool, w, x, n, out, 32, q8a, block32::dot_rows::<q5_1::BlockQ5_1>),
         DType::Q8_0 => run(pool, w, x, n, out, 32, q8a, q8_0::dot_rows),
-        DType::Q2K => run(pool, w, x, n, out, 256, q8k, kquant::dot_rows_scalar::<q2_k::BlockQ2K>),
-        DType::Q3K => run(pool, w, x, n, out, 256, q8k, kquant::dot_rows_scalar::<q3_k::BlockQ3K>),
+        DType::Q2K => run(pool, w, x, n, out, 256, q8k, q2_k::dot_rows),
+        DType::Q3K => run(pool, w, x, n, out, 256, q8k, q3_k::dot_rows),
         DType::Q4K => run(pool, w, x, n, out, 256, q8k, q4_k::dot_rows),
         DType::Q5K => run(pool, w, x, n, out, 256, q8k, q5_k::dot_rows),
         DType::Q6K => run(pool, w, x, n, out, 256, q8k, q6_k::dot_rows),
@@ -74,29 +77,33 @@ fn run<A, D>(
     let rb = w.row_bytes();
     // Few tokens: one kernel call per task. Many: L1-sized row sub-blocks that all tokens visit.
     let sub = if n <= TILE { chunk } else { (WEIGHT_BLOCK_BYTES / rb).clamp(1, chunk) };
+    let act_bytes = apr * std::mem::size_of::<A>();
+    let token_block = (TOKEN_BLOCK_BYTES / act_bytes.max(1)).max(TILE) / TILE * TILE;
     let weights = w.bytes();
     let out = DisjointSlice::new(out);
     pool.run(n_tasks, |task| {
         let (r0, r1) = (task * chunk, ((task + 1) * chunk).min(rows));
         let mut tmp = vec![0f32; sub.min(r1 - r0) * TILE];
-        for s0 in (r0..r1).step_by(sub) {
-            let s1 = (s0 + sub).min(r1);
-            let nr = s1 - s0;
-            let bytes = &weights[s0 * rb..s1 * rb];
-            for t in (0..n).step_by(TILE) {
-                let k = (n - t).min(TILE);
-                let a: [&[A]; TILE] = std::array::from_fn(|j| &acts[(t + j.min(k - 1)) * apr..][..apr]);
-                dot_rows(bytes, rb, &a[..k], &mut tmp[..nr * k]);
-                for j in 0..k {
-                    // SAFETY: this task alone computes rows r0..r1 (so s0..s1) of every token;
-                    // the run `(t + j)·rows + s0..+nr` is borrowed only for this loop.
-                    let o = unsafe { out.part((t + j) * rows + s0, nr) };
-                    for (i, v) in o.iter_mut().enumerate() {
-                        *v = tmp[i * k + j];
+        for tb in (0..n).step_by(token_block) {
+            let tb_end = (tb + token_block).min(n);
+            for s0 in (r0..r1).step_by(sub) {
+                let s1 = (s0 + sub).min(r1);
+                let nr = s1 - s0;
+                let bytes = &weights[s0 * rb..s1 * rb];
+                for t in (tb..tb_end).step_by(TILE) {
+                    let k = (tb_end - t).min(TILE);
+                    let a: [&[A]; TILE] = std::array::from_fn(|j| &acts[(t + j.min(k - 1)) * apr..][..apr]);
+                    dot_rows(bytes, rb, &a[..k], &mut tmp[..nr * k]);
+                    for j in 0..k {
+                        // SAFETY: this task alone computes rows r0..r1 (so s0..s1) of every token;
+                        // the run `(t + j)·rows + s0..+nr` is borrowed only for this loop.
+                        let o = unsafe { out.part((t + j) * rows + s0, nr) };
+                        for (i, v) in o.iter_mut().enumerate() {
+                            *v = tmp[i * k + j];
+                        }
                     }
                 }
             }
-        }
     });
 }
 

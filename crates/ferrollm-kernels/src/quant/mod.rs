@@ -1,9 +1,20 @@
 //! Quantized block formats (GGUF layouts): dequantization, quantization and matmul kernels.
 //!
-//! One module per block type holds its `#[repr(C)]` layout, a scalar reference dequantizer,
-//! a reference quantizer and, for the types real models use, AVX2 dot-product kernels. Matmuls
-//! quantize the activations once per call ([`act`]) so the inner loops are integer dot products,
-//! as in llama.cpp; [`matmul`] tiles rows × tokens and spreads rows across the pool.
+//! One module per block type holds its `#[repr(C)]` layout (size checked at compile time), a
+//! scalar reference dequantizer, a reference quantizer, and AVX2 dot-product kernels with
+//! scalar twins. Matmuls quantize the activations once per call ([`act`]) so the inner loops
+//! are integer dot products, as in llama.cpp; [`matmul`] tiles rows × tokens and spreads rows
+//! across the pool.
+//!
+//! | weights | activations | kernel (AVX2 + FMA + F16C; scalar fallback everywhere) |
+//! | --- | --- | --- |
+//! | F32, F16, BF16 | f32 | [`float`]: decode 8 weights, FMA into each token |
+//! | Q4_0, Q4_1, Q5_0, Q5_1 | [`act::BlockQ8A`] | [`block32`]: `maddubs` of unsigned quants; offsets via the block sum |
+//! | Q8_0 | [`act::BlockQ8A`] | [`q8_0`]: sign trick, `maddubs` |
+//! | Q2_K … Q6_K | [`act::BlockQ8K`] | one module each; sub-block scales in `madd`, mins/offsets via `bsums` |
+//!
+//! Every kernel dots one weight row against up to four tokens at once, decoding each weight
+//! block once for all of them.
 
 /// Compile-time check that a block type has the GGUF size and alignment 1.
 macro_rules! assert_block {
@@ -39,7 +50,9 @@ use common::as_blocks;
 pub use matmul::matmul;
 
 /// Whether this crate can load and multiply weights of `dtype`. Loaders call it to turn an
-/// unsupported tensor type into an error instead of a panic deep in a kernel.
+/// unsupported tensor type into an error instead of a panic deep in a kernel. (Every [`DType`]
+/// is supported today; GGUF types outside `DType`, such as the IQ formats, are already refused
+/// by [`DType::from_ggml_id`].)
 pub fn is_supported(dtype: DType) -> bool {
     match dtype {
         DType::F32 | DType::F16 | DType::BF16 => true,

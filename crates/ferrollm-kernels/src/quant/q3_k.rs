@@ -1,7 +1,8 @@
 //! Q3_K: 256 weights in 16 sub-blocks of 16, `w = d·(sc − 32)·q`, `q` in `-4..4` from 2 low
-//! bits plus a high bit, 6-bit `sc` (ggml `block_q3_K`). Scalar kernels only.
+//! bits plus a high bit, 6-bit `sc` (ggml `block_q3_K`).
 
-use super::common::{f16_to_f32, f32_to_f16, Block};
+use super::act::BlockQ8K;
+use super::common::{block_bytes, f16_to_f32, f32_to_f16, has_avx2, Block};
 use super::kquant::{KBlock, KUnpacked};
 
 /// ggml layout: the weight `e = 128n + 32k + l` has low bits `2k..2k+2` of `qs[32n + l]` and
@@ -28,6 +29,20 @@ fn scale(s: &[u8; 12], j: usize) -> i32 {
     let low = if j < 8 { s[j] & 0x0F } else { s[j - 8] >> 4 };
     let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
     (low | (high << 4)) as i32 - 32
+}
+
+/// All sixteen 6-bit scales (unsigned, before the −32) as the bytes of two u64s, with 32-bit
+/// masks instead of sixteen [`scale`] calls.
+pub(crate) fn scales6(s: &[u8; 12]) -> (u64, u64) {
+    let a0 = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    let a1 = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
+    let hi = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    let (low, top) = (0x0F0F_0F0F, 0x0303_0303);
+    let j0 = (a0 & low) | ((hi & top) << 4);
+    let j4 = (a1 & low) | (((hi >> 2) & top) << 4);
+    let j8 = ((a0 >> 4) & low) | (((hi >> 4) & top) << 4);
+    let j12 = ((a1 >> 4) & low) | (((hi >> 6) & top) << 4);
+    (j0 as u64 | (j4 as u64) << 32, j8 as u64 | (j12 as u64) << 32)
 }
 
 fn pack_scales(sc: &[i32; 16]) -> [u8; 12] {
@@ -87,6 +102,109 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ3K]) {
     }
 }
 
+/// `out[r * k + t]` for every row in `bytes` (rows of `row_bytes`) and the `k = acts.len()`
+/// (1 to 4) tokens, with the fastest available code.
+pub fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected.
+        unsafe { avx2::dot_rows(bytes, row_bytes, acts, out) };
+        return;
+    }
+    super::kquant::dot_rows_scalar::<BlockQ3K>(bytes, row_bytes, acts, out)
+}
+
+/// `out[t] = Σ w·acts[t]` for up to 4 activation rows, with the fastest available code.
+pub fn dot(w: &[BlockQ3K], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    if w.is_empty() {
+        out[..acts.len()].fill(0.0);
+        return;
+    }
+    dot_rows(block_bytes(w), std::mem::size_of_val(w), acts, &mut out[..acts.len()]);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::super::common::{as_blocks, for_each_row};
+    use super::super::x86::*;
+    use super::*;
+    // The F16C conversion, not the portable one from `common`.
+    use super::super::x86::f16_to_f32;
+    use std::arch::x86_64::*;
+
+    /// `out[r * k + t]` for every row in `bytes` and the `k = acts.len()` (1 to 4) tokens.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8K]], out: &mut [f32]) {
+        match acts.len() {
+            1 => for_each_row::<_, 1>(bytes, row_bytes, acts, out, |r, a| dot_tile::<1>(as_blocks(r), a)),
+            2 => for_each_row::<_, 2>(bytes, row_bytes, acts, out, |r, a| dot_tile::<2>(as_blocks(r), a)),
+            3 => for_each_row::<_, 3>(bytes, row_bytes, acts, out, |r, a| dot_tile::<3>(as_blocks(r), a)),
+            4 => for_each_row::<_, 4>(bytes, row_bytes, acts, out, |r, a| dot_tile::<4>(as_blocks(r), a)),
+            n => panic!("token tile of {n}"),
+        }
+    }
+
+    /// Scales of 16-weight sub-blocks `a` (low 128-bit lane) and `a + 1` (high lane) as i16,
+    /// from the 16 per-sub-block scale bytes in `sc`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn pair_scales(sc: __m128i, a: usize) -> __m256i {
+        let a = a as u8;
+        let pick = _mm_set_epi64x(i64::from_le_bytes([a + 1; 8]), i64::from_le_bytes([a; 8]));
+        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick))
+    }
+
+    /// Quants enter `maddubs` unsigned (low bits plus 4·high bit, 0..8); the −4 offset is
+    /// applied afterwards through the activation's 16-wide sums, as in the Q6_K kernel.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_tile<const T: usize>(w: &[BlockQ3K], acts: &[&[BlockQ8K]; T]) -> [f32; T] {
+        for a in acts {
+            assert_eq!(a.len(), w.len());
+        }
+        let mut acc = [_mm256_setzero_ps(); T];
+        let three = _mm256_set1_epi8(3);
+        let one = _mm256_set1_epi8(1);
+        for (i, b) in w.iter().enumerate() {
+            let (lo, hi) = scales6(&b.scales);
+            let sc = _mm_sub_epi8(_mm_set_epi64x(hi as i64, lo as i64), _mm_set1_epi8(32));
+            let hm = load32(&b.hmask);
+            let mut sumi = [_mm256_setzero_si256(); T];
+            for n in 0..2 {
+                let qv = load32(&b.qs[32 * n..32 * n + 32]);
+                for k in 0..4 {
+                    let low = _mm256_and_si256(_mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * k as i32)), three);
+                    let high = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * n + k) as i32)), one);
+                    let q = _mm256_or_si256(low, _mm256_slli_epi16(high, 2));
+                    let s = pair_scales(sc, 8 * n + 2 * k);
+                    for t in 0..T {
+                        let y = load32(&acts[t][i].qs[128 * n + 32 * k..128 * n + 32 * k + 32]);
+                        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), s));
+                    }
+                }
+            }
+            let d = _mm256_set1_ps(f16_to_f32(b.d));
+            let sc16 = _mm256_cvtepi8_epi16(sc);
+            for t in 0..T {
+                let ab = &acts[t][i];
+                // The −4 offset: 4 · Σ_j sc[j] · bsums[j], as 8 i32 partial sums.
+                let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load32(&ab.bsums)), 2);
+                let total = _mm256_sub_epi32(sumi[t], off);
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, _mm256_broadcast_ss(&ab.d)), acc[t]);
+            }
+        }
+        let mut out = [0f32; T];
+        for t in 0..T {
+            out[t] = hsum_ps(acc[t]);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +229,24 @@ mod tests {
         assert_eq!(y[1], 0.5 * 8.0 * -4.0);
         // Unset scale bytes decode to -32.
         assert_eq!(scale(&b.scales, 3), -32);
+    }
+
+    #[test]
+    fn packed_scale_decoder_agrees() {
+        let mut x = 0x0123_4567_89AB_CDEFu64;
+        for _ in 0..1000 {
+            let mut s = [0u8; 12];
+            for b in s.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            let (lo, hi) = scales6(&s);
+            for j in 0..16 {
+                let v = if j < 8 { lo >> (8 * j) } else { hi >> (8 * (j - 8)) } as u8;
+                assert_eq!(v as i32 - 32, scale(&s, j));
+            }
+        }
     }
 }

@@ -101,7 +101,7 @@ mod tests {
         let mut b = BlockQ5_0 { d: f32_to_f16(0.5), qh: [0; 4], qs: [0; 16] };
         b.qs[0] = 0x3A; // element 0 low bits 10, element 16 low bits 3
         b.qs[15] = 0xF0; // element 15 low 0, element 31 low 15
-        // bit 0 -> element 0 gets +16; bit 31 -> element 31 gets +16; bit 17 -> element 17.
+                         // bit 0 -> element 0 gets +16; bit 31 -> element 31 gets +16; bit 17 -> element 17.
         b.qh = (1u32 | (1 << 31) | (1 << 17)).to_le_bytes();
         let mut y = [0f32; 32];
         dequantize_row(&[b], &mut y);

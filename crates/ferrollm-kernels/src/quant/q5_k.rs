@@ -124,17 +124,11 @@ mod avx2 {
             assert_eq!(a.len(), w.len());
         }
         let mut acc = [_mm256_setzero_ps(); T];
-        let mut macc = [0f32; T];
+        let mut accm = [_mm_setzero_ps(); T];
         let low = _mm256_set1_epi8(0x0F);
         let one = _mm256_set1_epi8(1);
         for (i, b) in w.iter().enumerate() {
-            let mut sc = [0i16; 8];
-            let mut m = [0i32; 8];
-            for j in 0..8 {
-                let (s, mm) = scale_min_k4(j, &b.scales);
-                sc[j] = s as i16;
-                m[j] = mm as i32;
-            }
+            let (sc, m16) = k4_scales_mins(&b.scales);
             let qh = load32(&b.qh);
             let mut sumi = [_mm256_setzero_si256(); T];
             for c in 0..4 {
@@ -143,8 +137,7 @@ mod avx2 {
                 let h1 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)), one);
                 let lo = _mm256_or_si256(_mm256_and_si256(qv, low), _mm256_slli_epi16(h0, 4));
                 let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qv, 4), low), _mm256_slli_epi16(h1, 4));
-                let s_lo = _mm256_set1_epi16(sc[2 * c]);
-                let s_hi = _mm256_set1_epi16(sc[2 * c + 1]);
+                let (s_lo, s_hi) = (kscale(sc, 2 * c), kscale(sc, 2 * c + 1));
                 for t in 0..T {
                     let y = &acts[t][i].qs[64 * c..64 * c + 64];
                     let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32(&y[..32])), s_lo);
@@ -152,19 +145,19 @@ mod avx2 {
                     sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p_lo, p_hi));
                 }
             }
-            let d = f16_to_f32(b.d);
-            let dmin = f16_to_f32(b.dmin);
+            let d = _mm256_set1_ps(f16_to_f32(b.d));
+            let dmin = _mm_set1_ps(f16_to_f32(b.dmin));
             for t in 0..T {
                 let ab = &acts[t][i];
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_set1_ps(d * ab.d), acc[t]);
-                let bs = &ab.bsums;
-                let summ: i32 = (0..8).map(|j| m[j] * (bs[2 * j] as i32 + bs[2 * j + 1] as i32)).sum();
-                macc[t] += dmin * ab.d * summ as f32;
+                let dy = _mm256_broadcast_ss(&ab.d);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_mul_ps(d, dy), acc[t]);
+                let pm = _mm_cvtepi32_ps(k4_min_dot(m16, &ab.bsums));
+                accm[t] = _mm_fmadd_ps(pm, _mm_mul_ps(dmin, _mm256_castps256_ps128(dy)), accm[t]);
             }
         }
         let mut out = [0f32; T];
         for t in 0..T {
-            out[t] = hsum_ps(acc[t]) - macc[t];
+            out[t] = hsum_ps(acc[t]) - hsum_ps128(accm[t]);
         }
         out
     }

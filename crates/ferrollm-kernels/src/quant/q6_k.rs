@@ -133,6 +133,8 @@ mod avx2 {
         let low = _mm256_set1_epi8(0x0F);
         let hmask = _mm256_set1_epi8(0x30);
         for (i, b) in w.iter().enumerate() {
+            // SAFETY: `scales` is 16 readable bytes; unaligned load.
+            let sc = unsafe { _mm_loadu_si128(b.scales.as_ptr().cast()) };
             let mut sumi = [_mm256_setzero_si256(); T];
             for n in 0..2 {
                 let ql0 = load32(&b.ql[64 * n..64 * n + 32]);
@@ -147,9 +149,11 @@ mod avx2 {
                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), hmask),
                     ),
                 ];
-                let s = &b.scales[8 * n..8 * n + 8];
+                // Quarter k covers scales 8n + 2k (low 128-bit lane) and 8n + 2k + 1 (high lane).
                 let sv: [__m256i; 4] = std::array::from_fn(|k| {
-                    _mm256_set_m128i(_mm_set1_epi16(s[2 * k + 1] as i16), _mm_set1_epi16(s[2 * k] as i16))
+                    let a = (8 * n + 2 * k) as u8;
+                    let pick = _mm_set_epi64x(i64::from_le_bytes([a + 1; 8]), i64::from_le_bytes([a; 8]));
+                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick))
                 });
                 for t in 0..T {
                     let y = &acts[t][i].qs[128 * n..128 * n + 128];
@@ -159,12 +163,15 @@ mod avx2 {
                     }
                 }
             }
-            let d = f16_to_f32(b.d);
+            let d = _mm256_set1_ps(f16_to_f32(b.d));
+            let sc16 = _mm256_cvtepi8_epi16(sc);
             for t in 0..T {
                 let ab = &acts[t][i];
-                let off: i32 = (0..16).map(|j| b.scales[j] as i32 * ab.bsums[j] as i32).sum();
-                let total = _mm256_sub_epi32(sumi[t], _mm256_setr_epi32(32 * off, 0, 0, 0, 0, 0, 0, 0));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(d * ab.d), acc[t]);
+                // The −32 offset: 32 · Σ_j sc[j] · bsums[j], as 8 i32 partial sums.
+                let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load32(&ab.bsums)), 5);
+                let total = _mm256_sub_epi32(sumi[t], off);
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, _mm256_broadcast_ss(&ab.d)), acc[t]);
             }
         }
         let mut out = [0f32; T];

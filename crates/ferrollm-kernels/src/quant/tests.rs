@@ -136,10 +136,8 @@ fn simd_and_scalar(dtype: DType, row: &[u8], x: &[Vec<f32>]) -> (Vec<f32>, Vec<f
     let af: Vec<&[f32]> = x.iter().map(|v| v.as_slice()).collect();
     match dtype {
         DType::F32 | DType::F16 | DType::BF16 => {
-            let kind = [Float::F32, Float::F16, Float::BF16][[DType::F32, DType::F16, DType::BF16]
-                .iter()
-                .position(|&d| d == dtype)
-                .unwrap()];
+            let kind = [Float::F32, Float::F16, Float::BF16]
+                [[DType::F32, DType::F16, DType::BF16].iter().position(|&d| d == dtype).unwrap()];
             float::dot(kind, row, &af, &mut fast);
             float::dot_scalar(kind, row, &af, &mut slow);
         }
@@ -175,8 +173,14 @@ fn simd_and_scalar(dtype: DType, row: &[u8], x: &[Vec<f32>]) -> (Vec<f32>, Vec<f
             q6_k::dot(as_blocks(row), &ak, &mut fast);
             kquant::dot_scalar::<q6_k::BlockQ6K>(as_blocks(row), &ak, &mut slow);
         }
-        // Scalar only: compare the reference against itself through the public path below.
-        DType::Q2K | DType::Q3K => {}
+        DType::Q2K => {
+            q2_k::dot(as_blocks(row), &ak, &mut fast);
+            kquant::dot_scalar::<q2_k::BlockQ2K>(as_blocks(row), &ak, &mut slow);
+        }
+        DType::Q3K => {
+            q3_k::dot(as_blocks(row), &ak, &mut fast);
+            kquant::dot_scalar::<q3_k::BlockQ3K>(as_blocks(row), &ak, &mut slow);
+        }
     }
     (fast, slow)
 }

@@ -13,6 +13,15 @@ pub fn hsum_ps(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// Sum of the 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
 
 /// One IEEE half to f32 with F16C.
 #[inline]
@@ -60,4 +69,42 @@ pub fn load32<T: Copy>(p: &[T]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// Per-block state shared by the Q4_K and Q5_K kernels: the eight 6-bit sub-block scales as i16
+/// in both 128-bit lanes (to pick with [`kscale`]), and the mins widened to i16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn k4_scales_mins(scales: &[u8; 12]) -> (__m256i, __m128i) {
+    let (sc, m) = super::kquant::scales_mins_k4(scales);
+    let sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
+    let m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64));
+    (_mm256_broadcastsi128_si256(sc16), m16)
+}
+
+/// Scale `j` (0..8) of [`k4_scales_mins`] in all 16 i16 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn kscale(sc: __m256i, j: usize) -> __m256i {
+    let lo = (2 * j) as i8;
+    let pick = _mm256_set1_epi16(i16::from_le_bytes([lo as u8, (lo + 1) as u8]));
+    _mm256_shuffle_epi8(sc, pick)
+}
+
+/// `Σ_j mins[j] · (bsums[2j] + bsums[2j + 1])` as 4 i32 partial sums: the min term of a Q4_K or
+/// Q5_K block (its sub-blocks span 32 activations, two of the Q8_K 16-wide sums).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn k4_min_dot(m16: __m128i, bsums: &[i16; 16]) -> __m128i {
+    // SAFETY: `bsums` is 32 readable bytes; unaligned loads.
+    let (lo, hi) = unsafe { (_mm_loadu_si128(bsums.as_ptr().cast()), _mm_loadu_si128(bsums.as_ptr().add(8).cast())) };
+    _mm_madd_epi16(m16, _mm_hadd_epi16(lo, hi))
+}
+
+/// Sum of the 4 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn hsum_ps128(v: __m128) -> f32 {
+    let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }

@@ -162,13 +162,13 @@ fn ggml_type_size(id: u32) -> Option<(u64, u64)> {
 
 /// Checks that a tensor's data lies inside the file, and records where.
 fn locate(t: &mut GgufTensorInfo, data_offset: usize, alignment: usize, file_len: usize) -> ReadResult<()> {
-    if t.offset % alignment as u64 != 0 {
+    if !t.offset.is_multiple_of(alignment as u64) {
         return Err(format!("data offset {} is not a multiple of the alignment {alignment}", t.offset));
     }
     let (block, type_size) =
         ggml_type_size(t.ggml_type).ok_or_else(|| format!("unknown ggml type id {}", t.ggml_type))?;
     let ne0 = t.dims.first().copied().unwrap_or(1);
-    if ne0 % block != 0 {
+    if !ne0.is_multiple_of(block) {
         return Err(format!(
             "row length {ne0} is not a multiple of the {} block size {block}",
             DType::ggml_name(t.ggml_type)

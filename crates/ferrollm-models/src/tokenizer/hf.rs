@@ -91,7 +91,7 @@ impl Tokenizer {
             EOG_TEXTS.iter().filter_map(|t| inner.token_to_id(t)).filter(|id| special_ids.contains(id)).collect();
         by_text.sort_unstable();
         eog.extend(by_text);
-        let n = inner.get_vocab_size(true);
+        let n = super::id_count(&inner);
         let mut seen = HashSet::new();
         eog.retain(|&id| (id as usize) < n && seen.insert(id));
         drop_end_if_harmony(&mut eog, |id| inner.id_to_token(id));
@@ -115,6 +115,7 @@ impl Tokenizer {
             manual_bos_eos: false,
             bos_token,
             eos_token,
+            vocab_size: n,
         })
     }
 }

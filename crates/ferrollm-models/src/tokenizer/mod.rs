@@ -20,6 +20,7 @@ pub(crate) fn tok_err(e: impl std::fmt::Display) -> ModelError {
 }
 
 /// A model's tokenizer plus the special-token facts the engine and chat templates need.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// `inner` with special-token splitting off, built on first use by [`Tokenizer::encode_plain`].
@@ -37,6 +38,14 @@ pub struct Tokenizer {
     chat_template: Option<String>,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    /// Highest id + 1, computed once: `tokenizers` rebuilds a full vocabulary map to answer
+    /// `get_vocab_size(true)`, far too slow for per-token decoding.
+    vocab_size: usize,
+}
+
+/// Highest token id + 1, added tokens included.
+pub(crate) fn id_count(inner: &tokenizers::Tokenizer) -> usize {
+    inner.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1)
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -103,7 +112,7 @@ impl Tokenizer {
 
     /// Number of token ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn bos_token_id(&self) -> Option<u32> {

@@ -3,13 +3,17 @@
 
 use std::path::PathBuf;
 
-fn home() -> PathBuf {
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
+/// `$FERROLLM_CACHE`, default `~/.cache/ferrollm` (as the fetch scripts use).
+fn cache_root() -> PathBuf {
+    if let Some(c) = std::env::var_os("FERROLLM_CACHE") {
+        return PathBuf::from(c);
+    }
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".cache/ferrollm")
 }
 
 /// llama.cpp's tokenizer test vectors, fetched by `scripts/fetch-test-data.sh`.
 pub fn testdata_dir() -> PathBuf {
-    std::env::var_os("FERROLLM_TESTDATA").map(PathBuf::from).unwrap_or_else(|| home().join(".cache/ferrollm/testdata"))
+    std::env::var_os("FERROLLM_TESTDATA").map(PathBuf::from).unwrap_or_else(|| cache_root().join("testdata"))
 }
 
 /// A file from the test-vector cache; panics (fails the test) with the fix when it is missing.
@@ -25,18 +29,13 @@ pub fn testdata(name: &str) -> PathBuf {
 
 /// Directory holding the real model files the engine is developed against.
 pub fn models_dir() -> PathBuf {
-    std::env::var_os("FERROLLM_MODELS").map(PathBuf::from).unwrap_or_else(|| home().join(".cache/ferrollm/models"))
+    std::env::var_os("FERROLLM_MODELS").map(PathBuf::from).unwrap_or_else(|| cache_root().join("models"))
 }
 
 /// A real model file; panics with a clear message when it is missing.
 pub fn model(name: &str) -> PathBuf {
     let p = models_dir().join(name);
-    assert!(
-        p.is_file(),
-        "missing model {}: download it into {} (or set FERROLLM_MODELS)",
-        p.display(),
-        models_dir().display()
-    );
+    assert!(p.is_file(), "missing model {}: run scripts/fetch-models.sh (or set FERROLLM_MODELS)", p.display());
     p
 }
 

@@ -31,9 +31,13 @@ pub async fn get_model(State(state): State<AppState>, Path(id): Path<String>) ->
     Ok(Json(card(&state)))
 }
 
-/// 200 while the engine runs; the engine thread has no separate failure state to report yet.
-pub async fn health() -> StatusCode {
-    StatusCode::OK
+/// 200 while the engine core runs, 503 once it has stopped, so a supervisor can restart us.
+pub async fn health(State(state): State<AppState>) -> StatusCode {
+    if state.engine.is_alive() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 pub async fn version() -> Json<VersionResponse> {

@@ -40,6 +40,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Outermost, so preflights skip the API-key check and errors carry the CORS header too.
+        .layer(middleware::from_fn(crate::cors::cors))
         .with_state(state)
 }
 
