@@ -126,7 +126,8 @@ mod tests {
             for h in 0..nh {
                 let qv = &q[(t * nh + h) * hd..][..hd];
                 let kvh = h / group;
-                let s: Vec<f32> = (0..=t).map(|p| dot(qv, &k[(p * nkv + kvh) * hd..][..hd]) / (hd as f32).sqrt()).collect();
+                let s: Vec<f32> =
+                    (0..=t).map(|p| dot(qv, &k[(p * nkv + kvh) * hd..][..hd]) / (hd as f32).sqrt()).collect();
                 let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
                 let z: f32 = e.iter().sum();

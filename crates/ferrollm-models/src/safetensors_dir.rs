@@ -81,8 +81,8 @@ impl SafetensorsDir {
 
         let mut files = Vec::with_capacity(paths.len());
         let mut tensors = HashMap::new();
-        for (file_idx, path) in paths.into_iter().enumerate() {
-            let map = map_file(&path)?;
+        for (file_idx, path) in paths.iter().enumerate() {
+            let map = map_file(path)?;
             let bad = |reason: String| ModelError::BadSafetensors { path: path.display().to_string(), reason };
             let data: &[u8] = (*map).as_ref();
             let (header_len, meta) =
@@ -101,14 +101,11 @@ impl SafetensorsDir {
                     return Err(bad(format!(
                         "tensor '{}' appears twice (also in {})",
                         prev.hf_name,
-                        files.get(prev.file).map_or_else(
-                            || path.display().to_string(),
-                            |(p, _): &(PathBuf, _)| p.display().to_string()
-                        )
+                        paths[prev.file].display()
                     )));
                 }
             }
-            files.push((path, map));
+            files.push((path.clone(), map));
         }
 
         // Checkpoints that tie the head often omit `tie_word_embeddings` and rely on a model

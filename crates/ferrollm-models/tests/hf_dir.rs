@@ -185,6 +185,12 @@ fn safetensors_dir_errors() {
     bytes.truncate(bytes.len() - 4);
     std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
     assert!(matches!(SafetensorsDir::open(&dir), Err(ModelError::BadSafetensors { .. })));
+    // The same tensor in two shards.
+    let t = ("model.norm.weight", "F32", vec![1], vec![0u8; 4]);
+    write_safetensors(&dir.join("model.safetensors"), std::slice::from_ref(&t));
+    write_safetensors(&dir.join("model-2.safetensors"), &[t]);
+    let err = SafetensorsDir::open(&dir).unwrap_err().to_string();
+    assert!(err.contains("appears twice"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
