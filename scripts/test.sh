@@ -17,3 +17,4 @@ fi
 cargo build --release --workspace --bins
 cargo test --release --workspace
 FERROLLM_BIN="$PWD/target/release/ferrollm" "$venv/bin/python" -m pytest -q tests/python
+FERROLLM_BIN="$PWD/target/release/ferrollm" scripts/test-curl-examples.sh README.md

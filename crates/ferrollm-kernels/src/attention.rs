@@ -120,6 +120,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Dense causal attention on contiguous K/V, the reference for the paged kernel.
+    #[allow(clippy::too_many_arguments)]
     fn dense(q: &[f32], k: &[f32], v: &[f32], n_tok: usize, nh: usize, nkv: usize, hd: usize, out: &mut [f32]) {
         let group = nh / nkv;
         for t in 0..n_tok {

@@ -2,7 +2,7 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: String, source: std::io::Error },
     #[error("{path} is not a valid GGUF file: {reason}")]
     BadGguf { path: String, reason: String },

@@ -145,7 +145,7 @@ mod avx2 {
             step(i, &mut acc0);
             step(i + 8, &mut acc1);
         }
-        if main % 16 != 0 {
+        if !main.is_multiple_of(16) {
             step(main - 8, &mut acc0);
         }
         let acc: [__m256; T] = std::array::from_fn(|t| _mm256_add_ps(acc0[t], acc1[t]));
