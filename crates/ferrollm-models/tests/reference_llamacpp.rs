@@ -12,20 +12,50 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ferrollm_kernels::CpuBackend;
-use ferrollm_models::{load_model, ForwardBatch, KvCache, LoadedModel, SeqSlice};
+use ferrollm_kernels::{Bytes, CpuBackend, DType};
+use ferrollm_models::gguf::GgufFile;
+use ferrollm_models::{
+    load_model, ForwardBatch, KvCache, LlamaModel, LoadedModel, ModelConfig, ModelError, SeqSlice, TensorData,
+    Tokenizer, WeightSource,
+};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn model(file: &str) -> LoadedModel {
+fn model_path(file: &str) -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_default();
     let dir = std::env::var("FERROLLM_MODELS").unwrap_or_else(|_| format!("{home}/.cache/ferrollm/models"));
     let p = PathBuf::from(dir).join(file);
     assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
-    load_model(&p, Arc::new(CpuBackend::new())).expect("model loads")
+    p
+}
+
+fn model(file: &str) -> LoadedModel {
+    load_model(&model_path(file), Arc::new(CpuBackend::new())).expect("model loads")
+}
+
+/// A GGUF whose tensors are handed out dequantized to f32, so matmuls run on exact activations.
+struct DequantizedGguf(GgufFile);
+
+impl WeightSource for DequantizedGguf {
+    fn tensor(&self, name: &str) -> Result<TensorData, ModelError> {
+        let t = self.0.tensor(name)?;
+        let bytes: Vec<u8> = t.to_f32()?.iter().flat_map(|x| x.to_le_bytes()).collect();
+        Ok(TensorData { name: t.name, dtype: DType::F32, shape: t.shape, bytes: Bytes::from_vec(bytes) })
+    }
+    fn has(&self, name: &str) -> bool {
+        self.0.has(name)
+    }
+}
+
+fn dequantized_model(file: &str) -> LoadedModel {
+    let g = GgufFile::open(model_path(file)).expect("gguf opens");
+    let config = ModelConfig::from_gguf(&g).expect("config");
+    let tokenizer = Tokenizer::from_gguf(&g).expect("tokenizer");
+    let model = LlamaModel::load(config, &DequantizedGguf(g), Arc::new(CpuBackend::new())).expect("model loads");
+    LoadedModel { model, tokenizer, description: file.to_string() }
 }
 
 /// Logits for every position of `tokens`, computed `chunk` tokens per forward pass.
@@ -71,7 +101,10 @@ struct Agreement {
 }
 
 fn check(file: &str, fixture: &str) -> Agreement {
-    let m = model(file);
+    check_model(&model(file), fixture)
+}
+
+fn check_model(m: &LoadedModel, fixture: &str) -> Agreement {
     let fx: Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("tests/fixtures/llamacpp").join(fixture)).expect("fixture"),
     )
@@ -88,7 +121,7 @@ fn check(file: &str, fixture: &str) -> Agreement {
         if ours != ids {
             agg.tokenization_mismatches.push(p["name"].as_str().unwrap_or("?").to_string());
         }
-        let logits = logits_all(&m, &ids, 37);
+        let logits = logits_all(m, &ids, 37);
         for (row, reference) in logits.iter().zip(p["top_logprobs"].as_array().unwrap()) {
             let lp = log_softmax(row);
             let refs: Vec<(usize, f64)> = reference
@@ -139,11 +172,25 @@ fn assert_agreement(name: &str, a: &Agreement, min_top1: f64) {
 #[test]
 fn smollm2_q4_1_agrees_with_llama_cpp() {
     let a = check("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-q4_1.json");
-    // KNOWN GAP (issue #2 asks for 0.98): we measure 0.968 here, and the same 0.968 with the
-    // weights dequantized to f32 and exact activations, so the gap is not our activation
-    // quantization. Every disagreement seen is a near-tie in llama.cpp's own distribution
-    // (top-2 gap mostly < 0.1 nats); mean KL is 0.0034. Held at 0.96 until explained.
+    // Issue #2 asks for 0.98; on this deep, narrow model that is below llama.cpp's own noise
+    // floor: llama.cpp agrees with this fixture only 96.8-97.2% when run with f32 KV or flash
+    // attention, and an exact f64 forward pass agrees 96.83% (scripts/ref/numpy_smollm2_reference.py).
+    // We measure 0.968. The exact reference below is the tight check of our model code.
     assert_agreement("SmolLM2-135M Q4_1", &a, 0.96);
+}
+
+/// Against an exact float64 forward pass of the same dequantized weights: with f32 weights and
+/// exact activations our model code must agree almost perfectly.
+#[test]
+fn smollm2_dequantized_matches_exact_f64_reference() {
+    let m = dequantized_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let a = check_model(&m, "smollm2-135m-q4_1.f64-exact.json");
+    let top1 = a.top1_agree as f64 / a.positions as f64;
+    let kl = a.kl_sum / a.positions as f64;
+    eprintln!("SmolLM2 dequantized vs f64 exact: {} positions, top-1 {top1:.4}, mean KL {kl:.2e}", a.positions);
+    assert!(a.positions >= 1000);
+    assert!(top1 >= 0.995, "top-1 agreement {top1:.4} with the exact reference");
+    assert!(kl < 1e-4, "mean KL {kl:.2e} with the exact reference");
 }
 
 #[test]
