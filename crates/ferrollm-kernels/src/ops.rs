@@ -100,9 +100,20 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// Dot product, written in lanes of 8 so the compiler vectorizes it.
+/// Dot product: AVX2+FMA where the CPU has it, else [`dot_scalar`].
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time; lengths are equal (asserted above).
+        return unsafe { x86::dot(a, b) };
+    }
+    dot_scalar(a, b)
+}
+
+/// Reference dot product, written in lanes of 8 so the compiler vectorizes it for the baseline ISA.
+pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
     let cb = b.chunks_exact(8);
@@ -119,11 +130,87 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `y += a * x`, vectorizable.
+/// `y += a * x`: AVX2+FMA where the CPU has it, else [`axpy_scalar`].
 #[inline]
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time; lengths are equal (asserted above).
+        unsafe { x86::axpy(a, x, y) };
+        return;
+    }
+    axpy_scalar(a, x, y)
+}
+
+/// Reference `y += a * x`.
+pub fn axpy_scalar(a: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += a * xi;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and `a.len() == b.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all loads): i + 16 <= n, resp. i + 8 <= n, and both slices hold n floats.
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(pa.add(i)) }, unsafe { _mm256_loadu_ps(pb.add(i)) }, acc0);
+            acc1 = _mm256_fmadd_ps(
+                unsafe { _mm256_loadu_ps(pa.add(i + 8)) },
+                unsafe { _mm256_loadu_ps(pb.add(i + 8)) },
+                acc1,
+            );
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(pa.add(i)) }, unsafe { _mm256_loadu_ps(pb.add(i)) }, acc0);
+            i += 8;
+        }
+        let acc = _mm256_add_ps(acc0, acc1);
+        let hi = _mm256_extractf128_ps(acc, 1);
+        let lo = _mm256_castps256_ps128(acc);
+        let s4 = _mm_add_ps(hi, lo);
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+        let mut s = _mm_cvtss_f32(s1);
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and `x.len() == y.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len();
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n and both slices hold n floats; `y` is borrowed mutably.
+            unsafe {
+                let v = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+                _mm256_storeu_ps(py.add(i), v);
+            }
+            i += 8;
+        }
+        while i < n {
+            y[i] += a * x[i];
+            i += 1;
+        }
     }
 }
 
@@ -150,6 +237,28 @@ mod tests {
         for i in 0..half {
             assert!((inter[2 * i] - neox[i]).abs() < 1e-5);
             assert!((inter[2 * i + 1] - neox[i + half]).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn simd_dot_and_axpy_match_scalar_references() {
+        let mut seed = 1u32;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for n in [0, 1, 7, 8, 15, 16, 17, 63, 64, 65, 200] {
+            let a: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let scale: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum::<f32>() + 1e-6;
+            assert!((dot(&a, &b) - dot_scalar(&a, &b)).abs() <= 1e-5 * scale, "dot n={n}");
+            let mut y1 = b.clone();
+            let mut y2 = b.clone();
+            axpy(0.37, &a, &mut y1);
+            axpy_scalar(0.37, &a, &mut y2);
+            for (p, q) in y1.iter().zip(&y2) {
+                assert!((p - q).abs() <= 1e-6, "axpy n={n}");
+            }
         }
     }
 
