@@ -13,12 +13,17 @@ use rand::{Rng, SeedableRng};
 use crate::cli_args::EngineFlags;
 use crate::fetch;
 
+#[path = "bench_serve.rs"]
+mod bench_serve;
+
 #[derive(Subcommand)]
 pub enum BenchKind {
     /// Prefill and decode speed of one batch.
     Latency(LatencyArgs),
     /// Offline throughput of many requests at once.
     Throughput(ThroughputArgs),
+    /// Load test of a running OpenAI-compatible server (like `vllm bench serve`).
+    Serve(bench_serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -35,6 +40,14 @@ pub struct LatencyArgs {
     num_iters: usize,
     #[arg(long, default_value_t = 1)]
     num_iters_warmup: usize,
+    /// Prompts that invite copying: a random passage followed by its first part again, so the
+    /// model continues by copying (what n-gram speculation is for). Fresh every run.
+    #[arg(long)]
+    copy_prompt: bool,
+    /// Every prompt is this text file, tokenized (--input-len is then ignored). Repeated runs
+    /// hit the prefix cache unless --no-enable-prefix-caching.
+    #[arg(long, conflicts_with = "copy_prompt")]
+    prompt_file: Option<String>,
     /// Write results as JSON here.
     #[arg(long)]
     output_json: Option<String>,
@@ -62,6 +75,7 @@ pub fn run(kind: BenchKind) -> Result<()> {
     match kind {
         BenchKind::Latency(a) => latency(a),
         BenchKind::Throughput(a) => throughput(a),
+        BenchKind::Serve(a) => bench_serve::run(a),
     }
 }
 
@@ -69,6 +83,39 @@ pub fn run(kind: BenchKind) -> Result<()> {
 fn random_prompts(rng: &mut impl Rng, vocab: usize, n: usize, len: usize) -> Vec<Vec<u32>> {
     let hi = vocab.min(30000) as u32;
     (0..n).map(|_| (0..len).map(|_| rng.gen_range(1000.min(hi - 1)..hi)).collect()).collect()
+}
+
+/// Random passages followed by their first part again, `len` tokens in all: the passage's
+/// continuation is the likeliest next text, which n-gram lookup finds in the prompt.
+fn copy_prompts(rng: &mut impl Rng, vocab: usize, n: usize, len: usize) -> Vec<Vec<u32>> {
+    let m = len - len / 3;
+    random_prompts(rng, vocab, n, m)
+        .into_iter()
+        .map(|mut p| {
+            p.extend_from_within(..len - m);
+            p
+        })
+        .collect()
+}
+
+/// The speculative-decoding counters, when any draft was verified.
+fn print_spec_stats(engine: &Engine) -> Option<serde_json::Value> {
+    let st = engine.scheduler_stats();
+    let rate = st.spec_acceptance_rate()?;
+    let mean = st.spec_mean_acceptance_length()?;
+    println!(
+        "speculative decoding (all runs, warmup included): {} drafts, {} draft tokens, {} accepted ({:.1}% acceptance), mean acceptance length {:.2}",
+        st.spec_num_drafts,
+        st.spec_num_draft_tokens,
+        st.spec_num_accepted_tokens,
+        100.0 * rate,
+        mean
+    );
+    Some(serde_json::json!({
+        "num_drafts": st.spec_num_drafts, "num_draft_tokens": st.spec_num_draft_tokens,
+        "num_accepted_tokens": st.spec_num_accepted_tokens, "acceptance_rate": rate,
+        "mean_acceptance_length": mean,
+    }))
 }
 
 fn params(max_tokens: usize) -> SamplingParams {
@@ -108,17 +155,30 @@ fn latency(a: LatencyArgs) -> Result<()> {
     let engine = Engine::new(a.engine.to_engine_args(path)?)?;
     let info = engine.info().clone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let file_prompt = match &a.prompt_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {path}: {e}"))?;
+            Some(engine.tokenize(&text, true)?)
+        }
+        None => None,
+    };
+    let input_len = file_prompt.as_ref().map_or(a.input_len, |p| p.len());
+    let make = |rng: &mut rand::rngs::StdRng| match &file_prompt {
+        Some(p) => vec![p.clone(); a.batch_size],
+        None if a.copy_prompt => copy_prompts(rng, info.vocab_size, a.batch_size, a.input_len),
+        None => random_prompts(rng, info.vocab_size, a.batch_size, a.input_len),
+    };
     let (mut prefill, mut decode, mut total) = (Vec::new(), Vec::new(), Vec::new());
     for it in 0..a.num_iters_warmup + a.num_iters {
         // Prefill alone (one output token), then the whole request, on fresh prompts each time.
-        let p1 = random_prompts(&mut rng, info.vocab_size, a.batch_size, a.input_len);
+        let p1 = make(&mut rng);
         let (t_prefill, _) = run_batch(&engine, &p1, 1, &format!("lat-p{it}"))?;
-        let p2 = random_prompts(&mut rng, info.vocab_size, a.batch_size, a.input_len);
+        let p2 = make(&mut rng);
         let (t_all, generated) = run_batch(&engine, &p2, a.output_len, &format!("lat-a{it}"))?;
         if it < a.num_iters_warmup {
             continue;
         }
-        prefill.push((a.batch_size * a.input_len) as f64 / t_prefill);
+        prefill.push((a.batch_size * input_len) as f64 / t_prefill);
         let decode_tokens = generated.saturating_sub(a.batch_size) as f64;
         decode.push(decode_tokens / (t_all - t_prefill).max(1e-9));
         total.push(t_all);
@@ -127,7 +187,7 @@ fn latency(a: LatencyArgs) -> Result<()> {
     println!("model: {} ({} threads)", info.model_description, ferrollm_kernels_threads());
     println!(
         "batch {} · input {} · output {} · {} iterations (medians)",
-        a.batch_size, a.input_len, a.output_len, a.num_iters
+        a.batch_size, input_len, a.output_len, a.num_iters
     );
     println!("prefill throughput: {p:.1} tok/s");
     println!("decode throughput:  {d:.1} tok/s ({:.2} ms/step)", 1000.0 * a.batch_size as f64 / d);
@@ -138,11 +198,13 @@ fn latency(a: LatencyArgs) -> Result<()> {
         info.weight_bytes as f64 * d / a.batch_size as f64 / 1e9,
         a.batch_size
     );
+    let spec = print_spec_stats(&engine);
     write_json(
         &a.output_json,
         serde_json::json!({
             "prefill_tok_s": p, "decode_tok_s": d, "latency_s": t,
-            "batch_size": a.batch_size, "input_len": a.input_len, "output_len": a.output_len,
+            "batch_size": a.batch_size, "input_len": input_len, "output_len": a.output_len,
+            "spec_decode": spec,
         }),
     )
 }
@@ -171,9 +233,11 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
     );
     let st = engine.scheduler_stats();
     println!("preemptions: {}", st.num_preemptions);
+    let spec = print_spec_stats(&engine);
     write_json(
         &a.output_json,
         serde_json::json!({
+            "spec_decode": spec,
             "requests_per_s": a.num_prompts as f64 / secs,
             "total_tok_s": total_tokens as f64 / secs,
             "output_tok_s": generated as f64 / secs,

@@ -39,6 +39,11 @@ pub struct EngineFlags {
     /// Requests pending at once before new ones get HTTP 503.
     #[arg(long, default_value_t = 4096)]
     pub max_pending_requests: usize,
+    /// Speculative decoding as JSON, e.g.
+    /// '{"method":"ngram","num_speculative_tokens":4,"prompt_lookup_min":2,"prompt_lookup_max":5}'
+    /// or '{"method":"layer_skip","draft_layers":8,"num_speculative_tokens":3}'.
+    #[arg(long)]
+    pub speculative_config: Option<String>,
 }
 
 /// Parses `1GiB`, `512MiB`, `2G`, `1000000`.
@@ -82,6 +87,10 @@ impl EngineFlags {
         a.chat_template = self.chat_template.clone();
         a.served_model_name = self.served_model_name.clone();
         a.max_pending_requests = self.max_pending_requests;
+        a.speculative_config = match &self.speculative_config {
+            Some(json) => Some(ferrollm_engine::SpeculativeConfig::parse(json).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
         Ok(a)
     }
 }

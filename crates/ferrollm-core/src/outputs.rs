@@ -28,6 +28,9 @@ pub struct ModelRunnerOutput {
     pub logprobs: Vec<Option<Vec<TokenLogprobs>>>,
     /// Logprobs of the prompt tokens computed this step (position 0 has none), when asked for.
     pub prompt_logprobs: Vec<Option<Vec<TokenLogprobs>>>,
+    /// Draft tokens proposed for each request's next step (speculative decoding); may be
+    /// shorter than `req_ids` or empty when nothing is proposed.
+    pub spec_token_ids: Vec<Vec<u32>>,
 }
 
 /// One request's news after a step.

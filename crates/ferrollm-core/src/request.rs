@@ -54,6 +54,9 @@ pub struct Request {
     /// Mixed into block hashes so that KV which differs for the same tokens (a LoRA adapter,
     /// a cache salt) never aliases.
     pub cache_salt: Option<String>,
+    /// Draft tokens proposed after the last step (speculative decoding), scheduled with the
+    /// next one for the target model to verify. Cleared on preemption.
+    pub spec_token_ids: Vec<u32>,
 }
 
 impl Request {
@@ -70,6 +73,7 @@ impl Request {
             num_cached_tokens: None,
             num_preemptions: 0,
             cache_salt: None,
+            spec_token_ids: Vec::new(),
         }
     }
 

@@ -28,6 +28,9 @@ pub struct SamplingParams {
     pub prompt_logprobs: Option<usize>,
     pub skip_special_tokens: bool,
     pub include_stop_str_in_output: bool,
+    /// Opt this request out of speculative decoding (when the engine runs with a
+    /// `--speculative-config`); its output distribution is the same either way.
+    pub disable_speculation: bool,
 }
 
 impl Default for SamplingParams {
@@ -51,6 +54,7 @@ impl Default for SamplingParams {
             prompt_logprobs: None,
             skip_special_tokens: true,
             include_stop_str_in_output: false,
+            disable_speculation: false,
         }
     }
 }

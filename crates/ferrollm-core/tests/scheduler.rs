@@ -320,6 +320,7 @@ fn script(req: Request, tokens: &[&[u32]]) -> (Vec<u32>, Option<FinishReason>) {
             sampled_token_ids: vec![t.to_vec()],
             logprobs: vec![None],
             prompt_logprobs: vec![None],
+            ..Default::default()
         };
         for o in sched.update_from_output(&out, &res) {
             got.extend(o.new_token_ids);
@@ -398,6 +399,7 @@ fn tokens_beyond_the_scheduled_ones_are_computed_next_step() {
         sampled_token_ids: vec![vec![4, 5]],
         logprobs: vec![None],
         prompt_logprobs: vec![None],
+        ..Default::default()
     };
     sched.update_from_output(&out, &res);
     // 4's KV was never computed: both new tokens go in next.
@@ -420,6 +422,7 @@ fn logprobs_and_prompt_logprobs_are_passed_through() {
         sampled_token_ids: vec![vec![7], vec![]],
         logprobs: vec![Some(vec![lp(7)]), None],
         prompt_logprobs: vec![Some(vec![lp(11), lp(12)]), Some(vec![])],
+        ..Default::default()
     };
     let outs = sched.update_from_output(&out, &res);
     assert_eq!(outs.len(), 2);

@@ -25,6 +25,8 @@ struct Totals {
     prefix_hits: u64,
     chunked_steps: usize,
     steps: usize,
+    spec_draft_tokens: u64,
+    spec_accepted: u64,
 }
 
 #[test]
@@ -38,9 +40,18 @@ fn random_workloads_finish_with_the_tokens_each_request_gets_alone() {
     assert!(totals.prefix_hits > 10_000, "only {} prefix-hit tokens", totals.prefix_hits);
     assert!(totals.aborted > 100 && totals.refused > 10, "aborted {}, refused {}", totals.aborted, totals.refused);
     assert!(totals.chunked_steps > 1000, "only {} chunked prefill steps", totals.chunked_steps);
+    assert!(totals.spec_accepted > 1000, "only {} accepted draft tokens", totals.spec_accepted);
+    assert!(totals.spec_draft_tokens > totals.spec_accepted, "no draft was ever rejected");
     eprintln!(
-        "{} requests ({} refused, {} aborted), {} steps, {} preemptions, {} prefix-hit tokens",
-        totals.requests, totals.refused, totals.aborted, totals.steps, totals.preemptions, totals.prefix_hits
+        "{} requests ({} refused, {} aborted), {} steps, {} preemptions, {} prefix-hit tokens, {}/{} drafts accepted",
+        totals.requests,
+        totals.refused,
+        totals.aborted,
+        totals.steps,
+        totals.preemptions,
+        totals.prefix_hits,
+        totals.spec_accepted,
+        totals.spec_draft_tokens
     );
 }
 
@@ -57,6 +68,7 @@ fn random_config(rng: &mut StdRng) -> SchedulerConfig {
         num_blocks: capacity / block_size + 1,
         enable_prefix_caching: rng.gen_bool(0.8),
         enable_chunked_prefill: rng.gen_bool(0.7),
+        num_lookahead_tokens: 0,
     }
 }
 
@@ -78,6 +90,7 @@ fn random_request(rng: &mut StdRng, id: usize, prefixes: &[Vec<u32>]) -> Request
         min_tokens: rng.gen_range(0..=3).min(max_tokens.unwrap_or(3)),
         ignore_eos: rng.gen_bool(0.3),
         stop_token_ids: (0..rng.gen_range(0..=2)).map(|_| rng.gen_range(0..VOCAB)).collect(),
+        disable_speculation: id % 7 == 3,
         ..SamplingParams::greedy(1)
     };
     let mut req = Request::new(format!("r{id}"), prompt, Arc::new(params));
@@ -99,9 +112,20 @@ fn run_scenario(seed: u64, totals: &mut Totals) {
     arrivals.sort_by_key(|(t, _)| *t);
     let abort_rate = if rng.gen_bool(0.5) { 0.0 } else { rng.gen_range(0.0..0.05) };
 
+    let mut cfg = cfg;
+    if seed % 3 == 1 && seed.is_multiple_of(2) {
+        cfg.num_lookahead_tokens = 1 + (seed / 3 % 5) as usize;
+    }
     let mut sched = Scheduler::new(cfg.clone());
     let mut model = FakeModel::new(&cfg);
     model.speculate = rng.gen_bool(0.2);
+    // Drafts chosen from the seed alone, so the other draws (and scenarios) stay as they were.
+    if seed % 3 == 1 {
+        let write_ahead = seed.is_multiple_of(2);
+        model.drafts =
+            Some(Drafts { max_drafts: 1 + (seed / 3 % 5) as usize, accuracy: (seed % 10) as f64 / 10.0, write_ahead });
+        model.speculate = false;
+    }
     let mut expected: HashMap<String, (Vec<u32>, FinishReason)> = HashMap::new();
     let mut active: Vec<String> = Vec::new();
     let mut aborted: HashSet<String> = HashSet::new();
@@ -163,6 +187,9 @@ fn run_scenario(seed: u64, totals: &mut Totals) {
     let stats = sched.stats();
     totals.preemptions += stats.num_preemptions;
     totals.prefix_hits += stats.prefix_cache_hits;
+    totals.spec_draft_tokens += stats.spec_num_draft_tokens;
+    totals.spec_accepted += stats.spec_num_accepted_tokens;
+    assert_eq!(stats.spec_num_accepted_tokens, stats.spec_num_accepted_tokens_per_pos.iter().sum::<u64>(), "{ctx}");
     assert_eq!(sched.kv_cache().num_free_blocks(), cfg.num_blocks, "{ctx}: blocks leaked");
     for (id, (want, reason)) in &expected {
         let got = run.tokens.get(id).map_or(&[][..], |t| &t[..]);

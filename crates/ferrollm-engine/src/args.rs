@@ -25,6 +25,8 @@ pub struct EngineArgs {
     pub chat_template: Option<String>,
     /// Requests admitted but not yet finished beyond which new ones are refused (HTTP 503).
     pub max_pending_requests: usize,
+    /// Speculative decoding (`--speculative-config`); off when `None`.
+    pub speculative_config: Option<crate::SpeculativeConfig>,
 }
 
 impl EngineArgs {
@@ -41,6 +43,7 @@ impl EngineArgs {
             enable_chunked_prefill: true,
             chat_template: None,
             max_pending_requests: 4096,
+            speculative_config: None,
         }
     }
 }

@@ -252,8 +252,22 @@ impl Engine {
             num_blocks,
             enable_prefix_caching: args.enable_prefix_caching,
             enable_chunked_prefill: args.enable_chunked_prefill,
+            // A layer-skip drafter writes KV at the draft positions before they are scheduled.
+            num_lookahead_tokens: match &args.speculative_config {
+                Some(c) if matches!(c.method, crate::SpeculativeMethod::LayerSkip { .. }) => c.num_speculative_tokens,
+                _ => 0,
+            },
         });
-        let runner = ModelRunner::new(model, num_blocks, args.block_size, eos_token_ids.clone());
+        let sampleable = tokenizer.vocab_size().min(cfg.vocab_size);
+        let mut runner = ModelRunner::new(model, num_blocks, args.block_size, eos_token_ids.clone(), sampleable);
+        if let Some(spec) = &args.speculative_config {
+            runner = runner.with_speculation(spec).map_err(EngineError::Config)?;
+            tracing::info!(
+                "speculative decoding: {} with {} draft tokens per step",
+                spec.method_name(),
+                spec.num_speculative_tokens
+            );
+        }
         let core = EngineCore::new(scheduler, runner);
 
         let (core_tx, core_rx) = mpsc::channel();
@@ -315,12 +329,14 @@ impl Engine {
     }
 
     /// Renders `messages` with the model's chat template (or the `--chat-template` override).
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, EngineError> {
-        let t = self.inner.chat_template.as_ref().ok_or_else(|| {
-            EngineError::InvalidRequest {
-                param: Some("messages"),
-                message: "the model has no chat template; pass one with --chat-template".into(),
-            }
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        let t = self.inner.chat_template.as_ref().ok_or_else(|| EngineError::InvalidRequest {
+            param: Some("messages"),
+            message: "the model has no chat template; pass one with --chat-template".into(),
         })?;
         t.render(messages, add_generation_prompt)
             .map_err(|m| EngineError::InvalidRequest { param: Some("messages"), message: m })
@@ -359,7 +375,11 @@ impl Engine {
         }
         let max_len = info.max_model_len;
         if prompt_ids.len() >= max_len {
-            return Err(EngineError::PromptTooLong { prompt_tokens: prompt_ids.len(), max_model_len: max_len, max_tokens: None });
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: prompt_ids.len(),
+                max_model_len: max_len,
+                max_tokens: None,
+            });
         }
         let mut params = params;
         match params.max_tokens {
@@ -462,7 +482,8 @@ impl Engine {
     pub fn abort(&self, request_id: &str) {
         let shared = &self.inner.shared;
         let mut children = shared.children.lock().unwrap_or_else(|e| e.into_inner());
-        let ids: Vec<RequestId> = children.iter().filter(|(_, c)| c.parent == request_id).map(|(k, _)| k.clone()).collect();
+        let ids: Vec<RequestId> =
+            children.iter().filter(|(_, c)| c.parent == request_id).map(|(k, _)| k.clone()).collect();
         for id in &ids {
             if let Some(c) = children.remove(id) {
                 let finished = shared.retire(&c);

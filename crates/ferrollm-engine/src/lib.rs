@@ -11,6 +11,7 @@ pub mod llm;
 pub mod metrics;
 pub mod outputs;
 pub mod runner;
+pub mod spec_config;
 
 pub use args::EngineArgs;
 pub use chat_template::ChatMessage;
@@ -19,3 +20,4 @@ pub use error::EngineError;
 pub use ferrollm_core::SamplingParams;
 pub use llm::LLM;
 pub use outputs::{CompletionOutput, RequestOutput};
+pub use spec_config::{SpeculativeConfig, SpeculativeMethod};

@@ -102,12 +102,50 @@ impl Metrics {
         let st = &s.scheduler;
         gauge("vllm:num_requests_running", "Requests in the running batch.", "gauge", st.num_running as f64);
         gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled.", "gauge", st.num_waiting as f64);
-        gauge("vllm:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0-1).", "gauge", st.kv_cache_usage as f64);
-        gauge("vllm:gpu_cache_usage_perc", "Alias of kv_cache_usage_perc for older dashboards.", "gauge", st.kv_cache_usage as f64);
+        gauge(
+            "vllm:kv_cache_usage_perc",
+            "Fraction of KV-cache blocks in use (0-1).",
+            "gauge",
+            st.kv_cache_usage as f64,
+        );
+        gauge(
+            "vllm:gpu_cache_usage_perc",
+            "Alias of kv_cache_usage_perc for older dashboards.",
+            "gauge",
+            st.kv_cache_usage as f64,
+        );
         gauge("ferrollm:kv_cache_free_blocks", "Free KV-cache blocks.", "gauge", st.num_free_blocks as f64);
-        gauge("vllm:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", "counter", st.prefix_cache_queries as f64);
-        gauge("vllm:prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", "counter", st.prefix_cache_hits as f64);
+        gauge(
+            "vllm:prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache.",
+            "counter",
+            st.prefix_cache_queries as f64,
+        );
+        gauge(
+            "vllm:prefix_cache_hits_total",
+            "Prompt tokens found in the prefix cache.",
+            "counter",
+            st.prefix_cache_hits as f64,
+        );
         gauge("vllm:num_preemptions_total", "Preemptions of running requests.", "counter", st.num_preemptions as f64);
+        gauge(
+            "vllm:spec_decode_num_drafts_total",
+            "Steps in which a request verified draft tokens.",
+            "counter",
+            st.spec_num_drafts as f64,
+        );
+        gauge(
+            "vllm:spec_decode_num_draft_tokens_total",
+            "Draft tokens verified.",
+            "counter",
+            st.spec_num_draft_tokens as f64,
+        );
+        gauge(
+            "vllm:spec_decode_num_accepted_tokens_total",
+            "Draft tokens accepted.",
+            "counter",
+            st.spec_num_accepted_tokens as f64,
+        );
         gauge("vllm:prompt_tokens_total", "Prompt tokens processed.", "counter", s.prompt_tokens as f64);
         gauge("vllm:generation_tokens_total", "Tokens generated.", "counter", s.generation_tokens as f64);
         for (i, reason) in ["stop", "length", "abort"].iter().enumerate() {
@@ -116,6 +154,14 @@ impl Metrics {
                 "vllm:request_success_total{{{labels},finished_reason=\"{reason}\"}} {}",
                 s.requests_finished[i]
             );
+        }
+        if !st.spec_num_accepted_tokens_per_pos.is_empty() {
+            let name = "vllm:spec_decode_num_accepted_tokens_per_pos";
+            let _ =
+                writeln!(out, "# HELP {name} Draft tokens accepted, by position in the draft.\n# TYPE {name} counter");
+            for (pos, c) in st.spec_num_accepted_tokens_per_pos.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{{labels},position=\"{pos}\"}} {c}");
+            }
         }
         s.ttft.render(&mut out, "vllm:time_to_first_token_seconds", "Time to first token.", &labels);
         s.itl.render(&mut out, "vllm:inter_token_latency_seconds", "Time between output tokens.", &labels);

@@ -100,7 +100,14 @@ fn seeded_sampling_is_reproducible_whatever_the_batch() {
 #[test]
 fn n_stop_strings_and_logprobs() {
     let llm = LLM::new(args()).unwrap();
-    let p = SamplingParams { n: 2, temperature: 1.0, seed: Some(3), max_tokens: Some(8), logprobs: Some(3), ..Default::default() };
+    let p = SamplingParams {
+        n: 2,
+        temperature: 1.0,
+        seed: Some(3),
+        max_tokens: Some(8),
+        logprobs: Some(3),
+        ..Default::default()
+    };
     let out = llm.generate(&["Hello, my name is"], &p).unwrap();
     assert_eq!(out[0].outputs.len(), 2);
     for c in &out[0].outputs {
@@ -122,7 +129,8 @@ fn n_stop_strings_and_logprobs() {
     assert_eq!(s[0].outputs[0].text, full[..stop_at]);
     assert_eq!(s[0].outputs[0].finish_reason.as_deref(), Some("stop"));
     assert_eq!(s[0].outputs[0].stop_reason.as_deref(), Some("Paris"));
-    let p = SamplingParams { stop: vec!["Paris".into()], include_stop_str_in_output: true, ..SamplingParams::greedy(16) };
+    let p =
+        SamplingParams { stop: vec!["Paris".into()], include_stop_str_in_output: true, ..SamplingParams::greedy(16) };
     let s = llm.generate(&["The capital of France is"], &p).unwrap();
     assert_eq!(s[0].outputs[0].text, full[..stop_at + 5]);
 }

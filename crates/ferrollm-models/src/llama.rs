@@ -133,7 +133,8 @@ impl LlamaModel {
             });
         }
         let embed = matrix(src, "token_embd.weight", c.vocab_size, h)?;
-        let lm_head = if src.has("output.weight") { matrix(src, "output.weight", c.vocab_size, h)? } else { embed.clone() };
+        let lm_head =
+            if src.has("output.weight") { matrix(src, "output.weight", c.vocab_size, h)? } else { embed.clone() };
         let norm = vector(src, "output_norm.weight", h)?;
         let rope = RopeTable::new(c.head_dim, c.max_position_embeddings, c.rope_theta);
         Ok(LlamaModel { config, embed, layers, norm, lm_head, rope, backend })
@@ -144,14 +145,30 @@ impl LlamaModel {
         let l: usize = self
             .layers
             .iter()
-            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.bytes().len()).sum::<usize>())
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|m| m.bytes().len())
+                    .sum::<usize>()
+            })
             .sum();
         l + self.lm_head.bytes().len()
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 
     /// Runs the batch, writing each token's K/V into the cache, and returns the logits of
     /// `logits_indices` rows as `[logits_indices.len(), vocab]`.
     pub fn forward(&self, batch: &ForwardBatch, kv: &mut KvCache) -> Vec<f32> {
+        self.forward_layers(batch, kv, self.layers.len())
+    }
+
+    /// [`forward`](Self::forward) through the first `num_layers` layers only, then the final
+    /// norm and head: the model's own early-exit drafter (layer-skip self-speculation). It
+    /// writes K/V of those layers only, exactly what the full model writes there.
+    pub fn forward_layers(&self, batch: &ForwardBatch, kv: &mut KvCache, num_layers: usize) -> Vec<f32> {
         let c = &self.config;
         let be = &*self.backend;
         let n = batch.token_ids.len();
@@ -184,7 +201,7 @@ impl LlamaModel {
             .collect();
         let scale = 1.0 / (hd as f32).sqrt();
 
-        for (layer, (kc, vc)) in self.layers.iter().zip(kv.layers.iter_mut()) {
+        for (layer, (kc, vc)) in self.layers.iter().zip(kv.layers.iter_mut()).take(num_layers) {
             be.rms_norm(&x, &layer.attn_norm, c.rms_norm_eps, &mut xn);
             be.matmul(&layer.wq, &xn, n, &mut q);
             be.matmul(&layer.wk, &xn, n, &mut k);

@@ -100,6 +100,7 @@ pub fn sampling_spec(
         prompt_logprobs: None,
         skip_special_tokens: req.skip_special_tokens.unwrap_or(true),
         include_stop_str_in_output: req.include_stop_str_in_output.unwrap_or(false),
+        disable_speculation: req.disable_speculation.unwrap_or(false),
     };
     params.validate().map_err(|e| {
         let field = if e.field == "max_tokens" { max_tokens_field } else { e.field };

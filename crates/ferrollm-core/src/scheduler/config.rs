@@ -16,6 +16,10 @@ pub struct SchedulerConfig {
     /// Split prompts across steps when they exceed the budget; when false, a prompt that does
     /// not fit the remaining budget waits for the next step.
     pub enable_chunked_prefill: bool,
+    /// KV slots to reserve past each sampling step's tokens, for a drafter that writes KV
+    /// for the draft positions before they are scheduled (layer-skip self-drafting). 0 for
+    /// proposers that compute nothing (n-gram lookup).
+    pub num_lookahead_tokens: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -28,6 +32,7 @@ impl Default for SchedulerConfig {
             num_blocks: 1024,
             enable_prefix_caching: true,
             enable_chunked_prefill: true,
+            num_lookahead_tokens: 0,
         }
     }
 }

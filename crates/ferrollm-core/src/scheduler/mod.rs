@@ -38,6 +38,36 @@ pub struct SchedulerStats {
     pub prefix_cache_queries: u64,
     pub prefix_cache_hits: u64,
     pub num_preemptions: u64,
+    /// Speculative decoding: steps in which a request verified at least one draft token,
+    /// the draft tokens verified, and those accepted (vLLM's spec_decode counters).
+    pub spec_num_drafts: u64,
+    pub spec_num_draft_tokens: u64,
+    pub spec_num_accepted_tokens: u64,
+    /// Accepted draft tokens by position in the draft (0 = first).
+    pub spec_num_accepted_tokens_per_pos: Vec<u64>,
+}
+
+impl SchedulerStats {
+    /// Accepted over verified draft tokens; `None` before any draft.
+    pub fn spec_acceptance_rate(&self) -> Option<f64> {
+        (self.spec_num_draft_tokens > 0)
+            .then(|| self.spec_num_accepted_tokens as f64 / self.spec_num_draft_tokens as f64)
+    }
+
+    /// Tokens emitted per drafting step (accepted drafts plus the target's own token), as vLLM
+    /// defines the mean acceptance length; `None` before any draft.
+    pub fn spec_mean_acceptance_length(&self) -> Option<f64> {
+        (self.spec_num_drafts > 0).then(|| 1.0 + self.spec_num_accepted_tokens as f64 / self.spec_num_drafts as f64)
+    }
+}
+
+/// Speculative-decoding counters kept by the scheduler.
+#[derive(Debug, Clone, Default)]
+struct SpecStats {
+    num_drafts: u64,
+    num_draft_tokens: u64,
+    num_accepted_tokens: u64,
+    accepted_per_pos: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -68,6 +98,12 @@ pub struct Scheduler {
     /// Finished or aborted since the last `schedule()`, for the runner to drop.
     finished_req_ids: Vec<RequestId>,
     num_preemptions: u64,
+    spec: SpecStats,
+}
+
+/// Most tokens `req` may ever hold: prompt plus `max_tokens`, within its context length.
+fn max_len(req: &Request) -> usize {
+    req.prompt_token_ids.len().saturating_add(req.params.max_tokens.unwrap_or(usize::MAX)).min(req.max_model_len)
 }
 
 impl Scheduler {
@@ -84,6 +120,7 @@ impl Scheduler {
             running: Vec::new(),
             finished_req_ids: Vec::new(),
             num_preemptions: 0,
+            spec: SpecStats::default(),
         }
     }
 
@@ -114,6 +151,7 @@ impl Scheduler {
         req.max_model_len = max_model_len;
         req.status = RequestStatus::Waiting;
         req.num_computed_tokens = 0;
+        req.spec_token_ids.clear();
         self.waiting.push_back(req.id.clone());
         self.requests.insert(req.id.clone(), req);
         Ok(())
@@ -143,10 +181,11 @@ impl Scheduler {
         let mut out =
             SchedulerOutput { finished_req_ids: std::mem::take(&mut self.finished_req_ids), ..Default::default() };
         let mut budget = self.config.max_num_batched_tokens;
-        // (request, tokens to compute, first time scheduled)
-        let mut planned: Vec<(RequestId, usize, bool)> = Vec::new();
+        // (request, tokens to compute, first time scheduled, draft tokens among them)
+        let mut planned: Vec<(RequestId, usize, bool, usize)> = Vec::new();
 
-        // Running requests in admission order; each takes what it is behind by, up to the budget.
+        // Running requests in admission order; each takes what it is behind by, up to the budget,
+        // plus the draft tokens proposed for it when the budget has room for them.
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i].clone();
@@ -154,8 +193,22 @@ impl Scheduler {
             let behind = req.num_tokens() - req.num_computed_tokens;
             debug_assert!(behind >= 1, "running request {id} has nothing to compute");
             let n = behind.min(budget);
+            // Drafts only follow the last known token, and never past what the request may
+            // still emit: the verified tokens plus one must fit `max_tokens` and the context.
+            let mut n_spec = if n == behind {
+                let room = max_len(req).saturating_sub(req.num_tokens() + 1);
+                req.spec_token_ids.len().min(room).min(budget - n)
+            } else {
+                0
+            };
+            let mut lookahead = self.lookahead(req, n + n_spec);
             let mut preempted_self = false;
-            while self.kv.allocate_slots(&self.requests[&id], n, &[]).is_none() {
+            while self.kv.allocate_slots(&self.requests[&id], n + n_spec + lookahead, &[]).is_none() {
+                if n_spec + lookahead > 0 {
+                    // Drafts are optional: drop them before preempting anyone.
+                    (n_spec, lookahead) = (0, 0);
+                    continue;
+                }
                 let victim = self.running.pop().expect("the request itself is running");
                 self.preempt(&victim);
                 preempted_self = victim == id;
@@ -168,8 +221,8 @@ impl Scheduler {
                 // It was the newest, so no running request is left to look at.
                 break;
             }
-            planned.push((id, n, false));
-            budget -= n;
+            planned.push((id, n + n_spec, false, n_spec));
+            budget -= n + n_spec;
             i += 1;
         }
 
@@ -189,7 +242,8 @@ impl Scheduler {
                     }
                     n = budget;
                 }
-                if self.kv.allocate_slots(req, n, &hits).is_none() {
+                let lookahead = if num_hit_tokens + n == req.num_tokens() { self.lookahead(req, n) } else { 0 };
+                if self.kv.allocate_slots(req, n + lookahead, &hits).is_none() {
                     // Strict FCFS: later requests do not overtake the head.
                     break;
                 }
@@ -200,25 +254,28 @@ impl Scheduler {
                 req.num_computed_tokens = num_hit_tokens;
                 req.num_cached_tokens.get_or_insert(num_hit_tokens);
                 self.running.push(id.clone());
-                planned.push((id, n, first_time));
+                planned.push((id, n, first_time, 0));
                 budget -= n;
             }
         }
 
         out.scheduled = planned
             .into_iter()
-            .map(|(id, n, first_time)| {
+            .map(|(id, n, first_time, n_spec)| {
                 let req = &self.requests[&id];
                 let start = req.num_computed_tokens;
+                let mut token_ids = req.tokens(start, start + n - n_spec);
+                token_ids.extend_from_slice(&req.spec_token_ids[..n_spec]);
                 ScheduledRequest {
                     new: first_time.then(|| NewRequestData {
                         prompt_token_ids: req.prompt_token_ids.clone(),
                         params: req.params.clone(),
                     }),
-                    token_ids: req.tokens(start, start + n),
+                    token_ids,
+                    num_spec_tokens: n_spec,
                     start_pos: start,
                     block_table: self.kv.block_table(&id).to_vec(),
-                    sample: start + n == req.num_tokens(),
+                    sample: start + n - n_spec == req.num_tokens(),
                     req_id: id,
                 }
             })
@@ -227,10 +284,23 @@ impl Scheduler {
         out
     }
 
+    /// KV slots to reserve past `n` scheduled tokens of `req` for a drafter that writes KV
+    /// ahead (`num_lookahead_tokens`), never past what the request can ever hold, so that a
+    /// request admitted as fitting the pool still fits with them.
+    fn lookahead(&self, req: &Request, n: usize) -> usize {
+        let want = self.config.num_lookahead_tokens;
+        if want == 0 || req.params.disable_speculation {
+            return 0;
+        }
+        let limit = max_len(req).saturating_sub(1);
+        want.min(limit.saturating_sub(req.num_computed_tokens + n))
+    }
+
     /// Gives back the request's blocks and puts it first in line to be recomputed.
     fn preempt(&mut self, id: &RequestId) {
         self.kv.free(id);
         let req = self.requests.get_mut(id).expect("preempting a known request");
+        req.spec_token_ids.clear();
         req.status = RequestStatus::Preempted;
         req.num_computed_tokens = 0;
         req.num_preemptions += 1;
@@ -264,6 +334,23 @@ impl Scheduler {
             };
             let mut new_logprobs = j.and_then(|j| runner.logprobs.get(j).cloned()).flatten();
             let new_prompt_logprobs = j.and_then(|j| runner.prompt_logprobs.get(j).cloned()).flatten();
+
+            if sched.num_spec_tokens > 0 && sched.sample {
+                let accepted = sampled.len().saturating_sub(1).min(sched.num_spec_tokens);
+                self.spec.num_drafts += 1;
+                self.spec.num_draft_tokens += sched.num_spec_tokens as u64;
+                self.spec.num_accepted_tokens += accepted as u64;
+                if self.spec.accepted_per_pos.len() < sched.num_spec_tokens {
+                    self.spec.accepted_per_pos.resize(sched.num_spec_tokens, 0);
+                }
+                for c in &mut self.spec.accepted_per_pos[..accepted] {
+                    *c += 1;
+                }
+            }
+            req.spec_token_ids = match j.and_then(|j| runner.spec_token_ids.get(j)) {
+                Some(d) if sched.sample && !req.params.disable_speculation => d.clone(),
+                _ => Vec::new(),
+            };
 
             let mut new_token_ids = Vec::with_capacity(sampled.len());
             let mut finish_reason = None;
@@ -348,6 +435,10 @@ impl Scheduler {
             prefix_cache_queries: prefix.queries,
             prefix_cache_hits: prefix.hits,
             num_preemptions: self.num_preemptions,
+            spec_num_drafts: self.spec.num_drafts,
+            spec_num_draft_tokens: self.spec.num_draft_tokens,
+            spec_num_accepted_tokens: self.spec.num_accepted_tokens,
+            spec_num_accepted_tokens_per_pos: self.spec.accepted_per_pos.clone(),
         }
     }
 
@@ -370,6 +461,7 @@ impl Scheduler {
             assert!(matches!(req.status, RequestStatus::Waiting | RequestStatus::Preempted), "request {id} waiting");
             assert_eq!(req.num_computed_tokens, 0, "waiting request {id} has computed tokens");
             assert!(self.kv.block_table(id).is_empty(), "waiting request {id} holds blocks");
+            assert!(req.spec_token_ids.is_empty(), "waiting request {id} holds draft tokens");
         }
     }
 }

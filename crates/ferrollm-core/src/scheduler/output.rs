@@ -19,9 +19,13 @@ pub struct ScheduledRequest {
     /// keeps a request's state, its seeded generator included, until it finishes).
     pub new: Option<NewRequestData>,
     /// Tokens to compute this step, at positions `start_pos..start_pos + token_ids.len()`.
+    /// The last `num_spec_tokens` of them are draft tokens to verify.
     pub token_ids: Vec<u32>,
+    /// Draft (speculative) tokens at the end of `token_ids`; nonzero only when `sample`.
+    pub num_spec_tokens: usize,
     pub start_pos: usize,
-    /// Physical block ids holding positions `0..`, covering at least `start_pos + token_ids.len()`.
+    /// Physical block ids holding positions `0..`, covering at least `start_pos + token_ids.len()`
+    /// (plus the scheduler's lookahead slots, when it reserves them).
     pub block_table: Vec<u32>,
     /// The step reaches the last known token, so a next token is sampled. False for prefill
     /// chunks that stop mid-prompt.

@@ -66,6 +66,20 @@ pub struct FakeModel {
     /// sampled one, as speculative decoding does when a draft is accepted. Its KV is not
     /// written: the scheduler must compute it next step.
     pub speculate: bool,
+    /// Speculative decoding as the engine does it: after each sampled step propose up to
+    /// `max_drafts` tokens, each the fake model's true next token with probability about
+    /// `accuracy` (deterministic), verify the scheduled drafts by greedy match, and return the
+    /// accepted ones plus the model's own next token.
+    pub drafts: Option<Drafts>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Drafts {
+    pub max_drafts: usize,
+    pub accuracy: f64,
+    /// Like a layer-skip drafter: write (garbage) KV at the draft positions ahead, within the
+    /// block table, which must never disturb computed KV.
+    pub write_ahead: bool,
 }
 
 impl FakeModel {
@@ -75,6 +89,7 @@ impl FakeModel {
             kv: vec![None; config.num_blocks * config.block_size],
             known: HashSet::new(),
             speculate: false,
+            drafts: None,
         }
     }
 
@@ -110,19 +125,56 @@ impl FakeModel {
                 let slot = self.slot(&s.block_table, s.start_pos - 1);
                 self.kv[slot].unwrap_or_else(|| panic!("{} reads KV never written", s.req_id))
             };
+            let mut vals = Vec::with_capacity(s.num_tokens());
             for (k, &t) in s.token_ids.iter().enumerate() {
                 prev = mix(prev, t);
                 let slot = self.slot(&s.block_table, s.start_pos + k);
                 self.kv[slot] = Some(prev);
+                vals.push(prev);
             }
+            assert!(s.num_spec_tokens == 0 || (s.sample && self.drafts.is_some()), "{}: unexpected drafts", s.req_id);
             res.req_ids.push(s.req_id.clone());
             let mut sampled = Vec::new();
             if s.sample {
-                sampled.push(next_token(prev));
-                if self.speculate && s.start_pos % 2 == 0 {
+                // Verify the drafts: accept while each is the model's own next token.
+                let base = s.num_tokens() - s.num_spec_tokens - 1;
+                for i in 0..=s.num_spec_tokens {
+                    let t = next_token(vals[base + i]);
+                    sampled.push(t);
+                    if i == s.num_spec_tokens || s.token_ids[base + 1 + i] != t {
+                        break;
+                    }
+                }
+                if self.speculate && s.num_spec_tokens == 0 && s.start_pos % 2 == 0 {
                     sampled.push(next_token(mix(prev, sampled[0])));
                 }
             }
+            let mut proposed = Vec::new();
+            if let (Some(d), true) = (self.drafts, s.sample) {
+                let n = sampled.len();
+                let last = *sampled.last().expect("sampled");
+                let base = s.num_tokens() - s.num_spec_tokens - 1;
+                let mut kv = mix(vals[base + n - 1], last);
+                let mut count = (kv % (d.max_drafts as u64 + 1)) as usize;
+                // The newest token sits at position p, not yet computed.
+                let p = s.start_pos + base + n;
+                if d.write_ahead {
+                    let room = (s.block_table.len() * self.block_size).saturating_sub(p);
+                    count = count.min(room + 1);
+                    for pos in p..p + count.saturating_sub(1) {
+                        let slot = self.slot(&s.block_table, pos);
+                        self.kv[slot] = Some(0xdead_beef ^ pos as u64);
+                    }
+                }
+                for _ in 0..count {
+                    let truth = next_token(kv);
+                    let good = (mix(kv, 7) % 1000) as f64 / 1000.0 < d.accuracy;
+                    let t = if good { truth } else { (truth + 1) % VOCAB };
+                    proposed.push(t);
+                    kv = mix(kv, t);
+                }
+            }
+            res.spec_token_ids.push(proposed);
             res.sampled_token_ids.push(sampled);
             res.logprobs.push(None);
             res.prompt_logprobs.push(None);
@@ -140,6 +192,7 @@ pub fn config(num_blocks: usize, block_size: usize, budget: usize, max_num_seqs:
         num_blocks,
         enable_prefix_caching: true,
         enable_chunked_prefill: true,
+        num_lookahead_tokens: 0,
     }
 }
 

@@ -5,6 +5,7 @@
 //! preemptions, so a seed gives the same tokens whatever happens around it.
 
 pub mod sampler;
+pub mod spec_decode;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +15,24 @@ use ferrollm_models::{ForwardBatch, KvCache, LlamaModel, SeqSlice};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use crate::spec_config::{SpeculativeConfig, SpeculativeMethod};
+use spec_decode::Target;
+
 struct RequestState {
     params: Arc<SamplingParams>,
     prompt_token_ids: Vec<u32>,
     output_token_ids: Vec<u32>,
     rng: StdRng,
+    /// The drafter's distribution at each token it proposed last step, when it sampled them
+    /// (layer-skip drafts of a sampled request); `None` means point masses.
+    draft_probs: Option<Vec<Vec<f32>>>,
+}
+
+/// The drafter run after each step (speculative decoding).
+#[derive(Debug, Clone, Copy)]
+enum Drafter {
+    Ngram { min_n: usize, max_n: usize, k: usize },
+    LayerSkip { layers: usize, k: usize },
 }
 
 pub struct ModelRunner {
@@ -26,13 +40,73 @@ pub struct ModelRunner {
     kv: KvCache,
     /// Tokens masked until `min_tokens` outputs exist.
     eos_token_ids: Vec<u32>,
+    /// Ids at or above this have no token (a model's padded vocabulary) and are never sampled.
+    sampleable_vocab: usize,
     states: HashMap<RequestId, RequestState>,
+    drafter: Option<Drafter>,
+}
+
+/// The logits a token is chosen from at a position whose history is `prompt` + `output`:
+/// padded ids masked, stop tokens masked before `min_tokens`, penalties applied.
+fn prepare_row(
+    raw: &[f32],
+    sampleable_vocab: usize,
+    eos_token_ids: &[u32],
+    params: &SamplingParams,
+    prompt: &[u32],
+    output: &[u32],
+) -> Vec<f32> {
+    let mut row = raw.to_vec();
+    for l in row.iter_mut().skip(sampleable_vocab) {
+        *l = f32::NEG_INFINITY;
+    }
+    if output.len() < params.min_tokens {
+        for &t in eos_token_ids.iter().chain(&params.stop_token_ids) {
+            if let Some(l) = row.get_mut(t as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+    sampler::apply_penalties(&mut row, params, prompt, output);
+    row
 }
 
 impl ModelRunner {
-    pub fn new(model: LlamaModel, num_blocks: usize, block_size: usize, eos_token_ids: Vec<u32>) -> ModelRunner {
+    pub fn new(
+        model: LlamaModel,
+        num_blocks: usize,
+        block_size: usize,
+        eos_token_ids: Vec<u32>,
+        sampleable_vocab: usize,
+    ) -> ModelRunner {
         let kv = KvCache::new(&model.config, num_blocks, block_size);
-        ModelRunner { model, kv, eos_token_ids, states: HashMap::new() }
+        ModelRunner { model, kv, eos_token_ids, sampleable_vocab, states: HashMap::new(), drafter: None }
+    }
+
+    /// Turns on speculative decoding; refuses a config this model cannot run.
+    pub fn with_speculation(mut self, cfg: &SpeculativeConfig) -> Result<ModelRunner, String> {
+        let k = cfg.num_speculative_tokens;
+        self.drafter = Some(match &cfg.method {
+            SpeculativeMethod::Ngram { prompt_lookup_min, prompt_lookup_max } => {
+                Drafter::Ngram { min_n: *prompt_lookup_min, max_n: *prompt_lookup_max, k }
+            }
+            SpeculativeMethod::LayerSkip { draft_layers } => {
+                let n = self.model.num_layers();
+                if *draft_layers >= n {
+                    return Err(format!(
+                        "invalid --speculative-config: draft_layers must be below the model's {n} layers, got {draft_layers}"
+                    ));
+                }
+                Drafter::LayerSkip { layers: *draft_layers, k }
+            }
+            SpeculativeMethod::DraftModel { .. } => {
+                return Err(
+                    "--speculative-config method \"draft_model\" is not supported yet; use \"ngram\" or \"layer_skip\""
+                        .into(),
+                )
+            }
+        });
+        Ok(self)
     }
 
     pub fn model(&self) -> &LlamaModel {
@@ -56,6 +130,7 @@ impl ModelRunner {
                         prompt_token_ids: new.prompt_token_ids.clone(),
                         output_token_ids: Vec::new(),
                         rng,
+                        draft_probs: None,
                     },
                 );
             }
@@ -91,7 +166,9 @@ impl ModelRunner {
                 logits_indices.extend((s.start_pos..end).map(|p| start + p - s.start_pos));
             }
             if s.sample {
-                logits_indices.push(start + s.num_tokens() - 1);
+                // The last known token's row, then one row per draft token.
+                let n = s.num_tokens();
+                logits_indices.extend((n - 1 - s.num_spec_tokens..n).map(|i| start + i));
             }
             logit_rows.push((first, logits_indices.len() - first));
         }
@@ -110,7 +187,7 @@ impl ModelRunner {
             let state = self.states.get_mut(&s.req_id).expect("state created above");
             let params = state.params.clone();
             let mut prompt_lps = None;
-            let n_prompt_rows = if s.sample { rows - 1 } else { rows };
+            let n_prompt_rows = if s.sample { rows - 1 - s.num_spec_tokens } else { rows };
             if let Some(k) = params.prompt_logprobs {
                 let mut lps = Vec::with_capacity(n_prompt_rows);
                 for r in 0..n_prompt_rows {
@@ -122,30 +199,162 @@ impl ModelRunner {
             }
             let mut sampled = Vec::new();
             let mut lps = None;
+            let mut proposal = Vec::new();
             if s.sample {
-                let r = first + rows - 1;
-                let raw = &logits[r * vocab..(r + 1) * vocab];
-                let mut row = raw.to_vec();
-                if state.output_token_ids.len() < params.min_tokens {
-                    for &t in self.eos_token_ids.iter().chain(&params.stop_token_ids) {
-                        if let Some(l) = row.get_mut(t as usize) {
-                            *l = f32::NEG_INFINITY;
+                let nspec = s.num_spec_tokens;
+                let r0 = first + rows - 1 - nspec;
+                let raw_row = |i: usize| &logits[(r0 + i) * vocab..(r0 + i + 1) * vocab];
+                let (sampleable, eos) = (self.sampleable_vocab, &self.eos_token_ids[..]);
+                let RequestState { prompt_token_ids: prompt, output_token_ids: output, rng, draft_probs, .. } = state;
+                let q = draft_probs.take();
+                if nspec == 0 {
+                    let row = prepare_row(raw_row(0), sampleable, eos, &params, prompt, output);
+                    sampled.push(sampler::sample(&row, &params, rng));
+                } else {
+                    let drafts = &s.token_ids[s.num_tokens() - nspec..];
+                    let q = q.filter(|_| !params.is_greedy());
+                    debug_assert!(q.as_ref().is_none_or(|q| q.len() >= nspec), "draft probabilities lost");
+                    let target = |i: usize| {
+                        let mut hist = output.clone();
+                        hist.extend_from_slice(&drafts[..i]);
+                        let row = prepare_row(raw_row(i), sampleable, eos, &params, prompt, &hist);
+                        if params.is_greedy() {
+                            return Target::Greedy(sampler::argmax(&row));
                         }
-                    }
+                        match sampler::candidates(&row, &params) {
+                            Some(c) => Target::Probs(spec_decode::normalize(c)),
+                            None => Target::Greedy(sampler::argmax(&row)),
+                        }
+                    };
+                    sampled = spec_decode::verify(drafts, q.as_ref().map(|q| &q[..nspec]), target, rng);
                 }
-                sampler::apply_penalties(&mut row, &params, &state.prompt_token_ids, &state.output_token_ids);
-                let token = sampler::sample(&row, &params, &mut state.rng);
                 if let Some(k) = params.logprobs {
-                    lps = Some(vec![sampler::token_logprobs(&sampler::log_softmax(raw), token, k)]);
+                    lps = Some(
+                        sampled
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &t)| sampler::token_logprobs(&sampler::log_softmax(raw_row(i)), t, k))
+                            .collect(),
+                    );
                 }
-                state.output_token_ids.push(token);
-                sampled.push(token);
+                output.extend_from_slice(&sampled);
+                if let (Some(Drafter::Ngram { min_n, max_n, k }), false) = (self.drafter, params.disable_speculation) {
+                    let mut history = Vec::with_capacity(prompt.len() + output.len());
+                    history.extend_from_slice(prompt);
+                    history.extend_from_slice(output);
+                    proposal = spec_decode::propose_ngram(&history, min_n, max_n, k);
+                }
             }
             result.req_ids.push(s.req_id.clone());
             result.sampled_token_ids.push(sampled);
             result.logprobs.push(lps);
             result.prompt_logprobs.push(prompt_lps);
+            result.spec_token_ids.push(proposal);
+        }
+        if let Some(Drafter::LayerSkip { layers, k }) = self.drafter {
+            self.draft_layer_skip(out, layers, k, &mut result);
         }
         result
+    }
+
+    /// Layer-skip self-drafting: up to `k` passes of the model's first `layers` layers, one
+    /// token per sampling request per pass, each feeding the previous draft. The passes write
+    /// K/V of those layers at the draft positions (into slots the scheduler reserved ahead);
+    /// the next step's verification recomputes the same positions and overwrites them, and
+    /// since the first layers compute the same thing in both, the KV before them is shared.
+    fn draft_layer_skip(&mut self, out: &SchedulerOutput, layers: usize, k: usize, result: &mut ModelRunnerOutput) {
+        struct Draft<'a> {
+            idx: usize,
+            table: &'a [u32],
+            /// Position of the newest (not yet computed) token.
+            pos: usize,
+            max: usize,
+            input: u32,
+            drafts: Vec<u32>,
+            probs: Vec<Vec<f32>>,
+        }
+        let bs = self.kv.block_size;
+        let mut ds: Vec<Draft> = Vec::new();
+        for (idx, s) in out.scheduled.iter().enumerate() {
+            let st = &self.states[&s.req_id];
+            if !s.sample || st.params.disable_speculation {
+                continue;
+            }
+            let pos = st.prompt_token_ids.len() + st.output_token_ids.len() - 1;
+            let room = (s.block_table.len() * bs).saturating_sub(pos);
+            let max = k.min(room).min(self.model.config.max_position_embeddings.saturating_sub(pos));
+            if max > 0 {
+                let input = *st.output_token_ids.last().expect("a sampling step emitted a token");
+                ds.push(Draft { idx, table: &s.block_table, pos, max, input, drafts: Vec::new(), probs: Vec::new() });
+            }
+        }
+        let vocab = self.model.config.vocab_size;
+        for j in 0..k {
+            let active: Vec<usize> = (0..ds.len()).filter(|&i| ds[i].drafts.len() < ds[i].max).collect();
+            if active.is_empty() {
+                break;
+            }
+            let m = active.len();
+            let mut token_ids = Vec::with_capacity(m);
+            let mut positions = Vec::with_capacity(m);
+            let mut slots = Vec::with_capacity(m);
+            let mut seqs = Vec::with_capacity(m);
+            for (r, &i) in active.iter().enumerate() {
+                let d = &ds[i];
+                let pos = d.pos + j;
+                token_ids.push(d.input);
+                positions.push(pos as u32);
+                slots.push(self.kv.slot(d.table, pos));
+                seqs.push(SeqSlice { query_start: r, query_len: 1, start_pos: pos, block_table: d.table });
+            }
+            let logits_indices: Vec<usize> = (0..m).collect();
+            let batch = ForwardBatch {
+                token_ids: &token_ids,
+                positions: &positions,
+                slot_mapping: &slots,
+                seqs: &seqs,
+                logits_indices: &logits_indices,
+            };
+            let logits = self.model.forward_layers(&batch, &mut self.kv, layers);
+            for (r, &i) in active.iter().enumerate() {
+                let d = &mut ds[i];
+                let st = self.states.get_mut(&out.scheduled[d.idx].req_id).expect("known request");
+                let mut hist = st.output_token_ids.clone();
+                hist.extend_from_slice(&d.drafts);
+                let row = prepare_row(
+                    &logits[r * vocab..(r + 1) * vocab],
+                    self.sampleable_vocab,
+                    &self.eos_token_ids,
+                    &st.params,
+                    &st.prompt_token_ids,
+                    &hist,
+                );
+                let t = if st.params.is_greedy() {
+                    sampler::argmax(&row)
+                } else {
+                    // Sampled requests draw drafts from the drafter's own distribution (the
+                    // same transforms as the target's), which verification needs as `q`.
+                    let Some(c) = sampler::candidates(&row, &st.params) else {
+                        d.max = d.drafts.len();
+                        continue;
+                    };
+                    let c = spec_decode::normalize(c);
+                    let t = sampler::draw(&c, &mut st.rng);
+                    let mut q = vec![0f32; vocab];
+                    for &(tok, p) in &c {
+                        q[tok as usize] = p;
+                    }
+                    d.probs.push(q);
+                    t
+                };
+                d.drafts.push(t);
+                d.input = t;
+            }
+        }
+        for d in ds {
+            let st = self.states.get_mut(&out.scheduled[d.idx].req_id).expect("known request");
+            st.draft_probs = (!d.probs.is_empty()).then_some(d.probs);
+            result.spec_token_ids[d.idx] = d.drafts;
+        }
     }
 }

@@ -77,6 +77,15 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32 
     if params.is_greedy() {
         return argmax(logits);
     }
+    match candidates(logits, params) {
+        Some(cand) => draw(&cand, rng),
+        None => argmax(logits),
+    }
+}
+
+/// The distribution [`sample`] draws from when not greedy: (token, unnormalized weight) after
+/// temperature, min-p, top-k and top-p, in draw order. `None` when every logit is -inf.
+pub fn candidates(logits: &[f32], params: &SamplingParams) -> Option<Vec<(u32, f32)>> {
     let t = params.temperature;
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     // Candidates as (token, unnormalized prob); -inf logits drop out.
@@ -87,7 +96,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32 
         .map(|(i, &l)| (i as u32, ((l - max) / t).exp()))
         .collect();
     if cand.is_empty() {
-        return argmax(logits);
+        return None;
     }
     if params.min_p > 0.0 {
         // The max candidate has weight 1 after subtracting the max logit.
@@ -116,10 +125,15 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32 
         // A fixed order makes the draw depend only on the generator, not on selection internals.
         cand.sort_by_key(|c| c.0);
     }
+    Some(cand)
+}
+
+/// One draw from unnormalized weights, using one uniform from `rng`.
+pub fn draw(cand: &[(u32, f32)], rng: &mut StdRng) -> u32 {
     let total: f32 = cand.iter().map(|c| c.1).sum();
     let u: f32 = rng.gen::<f32>() * total;
     let mut acc = 0.0;
-    for c in &cand {
+    for c in cand {
         acc += c.1;
         if u < acc {
             return c.0;

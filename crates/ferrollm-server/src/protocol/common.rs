@@ -52,6 +52,8 @@ pub struct SamplingRequest {
     pub min_tokens: Option<i64>,
     pub skip_special_tokens: Option<bool>,
     pub include_stop_str_in_output: Option<bool>,
+    /// ferrollm extra: opt this request out of speculative decoding.
+    pub disable_speculation: Option<bool>,
     pub logit_bias: Option<HashMap<String, f64>>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
