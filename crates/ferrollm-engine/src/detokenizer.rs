@@ -117,3 +117,52 @@ impl IncrementalDetokenizer {
         DetokenizerUpdate { delta, stopped }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrollm_models::gguf::GgufFile;
+
+    fn smollm2_tokenizer() -> Tokenizer {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let p = std::path::PathBuf::from(home).join(".cache/ferrollm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
+        Tokenizer::from_gguf(&GgufFile::open(&p).unwrap()).unwrap()
+    }
+
+    /// Token by token, the deltas never hold a broken character and add up to the full text.
+    #[test]
+    fn streaming_multibyte_text_never_splits_a_character() {
+        let tok = smollm2_tokenizer();
+        let text = "Grüße, 世界! Emoji: 😀🚀 and naïve café — done.";
+        let ids = tok.encode(text, false).unwrap();
+        let mut d = IncrementalDetokenizer::new(&[], true, Vec::new(), false);
+        let mut streamed = String::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let upd = d.push(&tok, &[id], i + 1 == ids.len());
+            assert!(!upd.delta.contains('\u{FFFD}'), "broken character after token {i}: {:?}", upd.delta);
+            streamed.push_str(&upd.delta);
+        }
+        assert_eq!(streamed, text);
+    }
+
+    /// A stop string split across tokens is held back, cut, and never streamed.
+    #[test]
+    fn stop_string_is_held_back_and_cut() {
+        let tok = smollm2_tokenizer();
+        let ids = tok.encode("The answer is forty-two. Next question", false).unwrap();
+        let mut d = IncrementalDetokenizer::new(&[], true, vec!["two. Next".into()], false);
+        let mut streamed = String::new();
+        let mut stopped = None;
+        for &id in &ids {
+            let upd = d.push(&tok, &[id], false);
+            streamed.push_str(&upd.delta);
+            if upd.stopped.is_some() {
+                stopped = upd.stopped;
+                break;
+            }
+        }
+        assert_eq!(stopped.as_deref(), Some("two. Next"));
+        assert_eq!(streamed, "The answer is forty-");
+    }
+}

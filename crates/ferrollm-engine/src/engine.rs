@@ -243,6 +243,16 @@ impl Engine {
             kv_capacity_tokens: num_blocks * args.block_size,
             weight_bytes: model.weight_bytes(),
         };
+        tracing::info!(
+            "model {} · {:.1} MB of weights · context {} tokens · KV cache {} blocks x {} = {} tokens ({} MiB; --kv-cache-memory)",
+            info.model_description,
+            info.weight_bytes as f64 / 1e6,
+            max_model_len,
+            num_blocks,
+            args.block_size,
+            info.kv_capacity_tokens,
+            num_blocks * per_block >> 20
+        );
         let eos_token_ids = tokenizer.eos_token_ids();
         let scheduler = Scheduler::new(SchedulerConfig {
             max_num_seqs: args.max_num_seqs,
