@@ -251,7 +251,7 @@ impl Engine {
             num_blocks,
             args.block_size,
             info.kv_capacity_tokens,
-            num_blocks * per_block >> 20
+            (num_blocks * per_block) >> 20
         );
         let eos_token_ids = tokenizer.eos_token_ids();
         let scheduler = Scheduler::new(SchedulerConfig {
