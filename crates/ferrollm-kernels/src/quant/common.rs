@@ -97,3 +97,31 @@ pub fn for_each_row<A, const T: usize>(
         o.copy_from_slice(&tile(row, acts));
     }
 }
+
+/// A block type's row kernel: `dot_rows(bytes, row_bytes, acts, out)`.
+pub type DotRows<A> = fn(&[u8], usize, &[&[A]], &mut [f32]);
+
+/// `out[t] = Σ w·acts[t]` for up to 4 activation rows, through a block type's `dot_rows`.
+pub fn dot_via_rows<B: Block, A>(w: &[B], acts: &[&[A]], out: &mut [f32], dot_rows: DotRows<A>) {
+    if w.is_empty() {
+        out[..acts.len()].fill(0.0);
+        return;
+    }
+    dot_rows(block_bytes(w), std::mem::size_of_val(w), acts, &mut out[..acts.len()]);
+}
+
+/// Runs the const-generic `$tile::<T>` over every row for the call's token count `T` (1 to 4);
+/// each width needs its own monomorphized arm, so every block type would otherwise repeat it.
+macro_rules! for_each_row_tiled {
+    ($bytes:expr, $row_bytes:expr, $acts:expr, $out:expr, $tile:ident) => {{
+        use $crate::quant::common::{as_blocks, for_each_row};
+        match $acts.len() {
+            1 => for_each_row::<_, 1>($bytes, $row_bytes, $acts, $out, |r, a| $tile::<1>(as_blocks(r), a)),
+            2 => for_each_row::<_, 2>($bytes, $row_bytes, $acts, $out, |r, a| $tile::<2>(as_blocks(r), a)),
+            3 => for_each_row::<_, 3>($bytes, $row_bytes, $acts, $out, |r, a| $tile::<3>(as_blocks(r), a)),
+            4 => for_each_row::<_, 4>($bytes, $row_bytes, $acts, $out, |r, a| $tile::<4>(as_blocks(r), a)),
+            n => panic!("token tile of {n}"),
+        }
+    }};
+}
+pub(crate) use for_each_row_tiled;

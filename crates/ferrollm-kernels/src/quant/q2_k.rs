@@ -2,7 +2,7 @@
 //! (ggml `block_q2_K`).
 
 use super::act::BlockQ8K;
-use super::common::{block_bytes, f16_to_f32, f32_to_f16, has_avx2, Block};
+use super::common::{f16_to_f32, f32_to_f16, has_avx2, Block};
 use super::kquant::{affine_quant, affine_scales, KBlock, KUnpacked};
 
 /// ggml layout: `scales[j]` is scale (low nibble) and min (high nibble) of sub-block `j`; the
@@ -71,16 +71,12 @@ pub fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8K]], out: &mut 
 
 /// `out[t] = Σ w·acts[t]` for up to 4 activation rows, with the fastest available code.
 pub fn dot(w: &[BlockQ2K], acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    if w.is_empty() {
-        out[..acts.len()].fill(0.0);
-        return;
-    }
-    dot_rows(block_bytes(w), std::mem::size_of_val(w), acts, &mut out[..acts.len()]);
+    super::common::dot_via_rows(w, acts, out, dot_rows)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::common::{as_blocks, for_each_row};
+
     use super::super::x86::*;
     use super::*;
     // The F16C conversion, not the portable one from `common`.
@@ -93,13 +89,7 @@ mod avx2 {
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8K]], out: &mut [f32]) {
-        match acts.len() {
-            1 => for_each_row::<_, 1>(bytes, row_bytes, acts, out, |r, a| dot_tile::<1>(as_blocks(r), a)),
-            2 => for_each_row::<_, 2>(bytes, row_bytes, acts, out, |r, a| dot_tile::<2>(as_blocks(r), a)),
-            3 => for_each_row::<_, 3>(bytes, row_bytes, acts, out, |r, a| dot_tile::<3>(as_blocks(r), a)),
-            4 => for_each_row::<_, 4>(bytes, row_bytes, acts, out, |r, a| dot_tile::<4>(as_blocks(r), a)),
-            n => panic!("token tile of {n}"),
-        }
+        super::super::common::for_each_row_tiled!(bytes, row_bytes, acts, out, dot_tile)
     }
 
     /// Scales of 16-weight sub-blocks `a` (low 128-bit lane) and `a + 1` (high lane) as i16,

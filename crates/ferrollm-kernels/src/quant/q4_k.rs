@@ -2,7 +2,7 @@
 //! (ggml `block_q4_K`).
 
 use super::act::BlockQ8K;
-use super::common::{as_blocks, block_bytes, f16_to_f32, f32_to_f16, has_avx2, Block};
+use super::common::{as_blocks, f16_to_f32, f32_to_f16, has_avx2, Block};
 use super::kquant::{affine_quant, affine_scales, pack_scale_min_k4, scale_min_k4, KBlock, KUnpacked};
 
 /// ggml layout: 64-weight chunk `c` sits in `qs[32c..32c + 32]`, low nibbles first (sub-block
@@ -80,16 +80,12 @@ pub fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8K]], out: &mut 
 
 /// `out[t] = Σ w·acts[t]` for up to 4 activation rows, with the fastest available code.
 pub fn dot(w: &[BlockQ4K], acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    if w.is_empty() {
-        out[..acts.len()].fill(0.0);
-        return;
-    }
-    dot_rows(block_bytes(w), std::mem::size_of_val(w), acts, &mut out[..acts.len()]);
+    super::common::dot_via_rows(w, acts, out, dot_rows)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::common::for_each_row;
+
     use super::super::x86::*;
     use super::*;
     // The F16C conversion, not the portable one from `common`.
@@ -102,13 +98,7 @@ mod avx2 {
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8K]], out: &mut [f32]) {
-        match acts.len() {
-            1 => for_each_row::<_, 1>(bytes, row_bytes, acts, out, |r, a| dot_tile::<1>(as_blocks(r), a)),
-            2 => for_each_row::<_, 2>(bytes, row_bytes, acts, out, |r, a| dot_tile::<2>(as_blocks(r), a)),
-            3 => for_each_row::<_, 3>(bytes, row_bytes, acts, out, |r, a| dot_tile::<3>(as_blocks(r), a)),
-            4 => for_each_row::<_, 4>(bytes, row_bytes, acts, out, |r, a| dot_tile::<4>(as_blocks(r), a)),
-            n => panic!("token tile of {n}"),
-        }
+        super::super::common::for_each_row_tiled!(bytes, row_bytes, acts, out, dot_tile)
     }
 
     /// Sub-block scales are applied in integers (`madd` by the scale instead of by 1), so each

@@ -1,7 +1,7 @@
 //! Q8_0: 32 weights as `d * q`, `q` a signed byte (ggml `block_q8_0`).
 
 use super::act::BlockQ8A;
-use super::common::{as_blocks, block_bytes, f16_to_f32, f32_to_f16, has_avx2, Block};
+use super::common::{as_blocks, f16_to_f32, f32_to_f16, has_avx2, Block};
 
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
@@ -69,16 +69,12 @@ pub fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8A]], out: &mut 
 
 /// `out[t] = Σ w·acts[t]` for up to 4 activation rows, with the fastest available code.
 pub fn dot(w: &[BlockQ8_0], acts: &[&[BlockQ8A]], out: &mut [f32]) {
-    if w.is_empty() {
-        out[..acts.len()].fill(0.0);
-        return;
-    }
-    dot_rows(block_bytes(w), std::mem::size_of_val(w), acts, &mut out[..acts.len()]);
+    super::common::dot_via_rows(w, acts, out, dot_rows)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::common::for_each_row;
+
     use super::super::x86::*;
     use super::*;
     // The F16C conversion, not the portable one from `common`.
@@ -91,13 +87,7 @@ mod avx2 {
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8A]], out: &mut [f32]) {
-        match acts.len() {
-            1 => for_each_row::<_, 1>(bytes, row_bytes, acts, out, |r, a| dot_tile::<1>(as_blocks(r), a)),
-            2 => for_each_row::<_, 2>(bytes, row_bytes, acts, out, |r, a| dot_tile::<2>(as_blocks(r), a)),
-            3 => for_each_row::<_, 3>(bytes, row_bytes, acts, out, |r, a| dot_tile::<3>(as_blocks(r), a)),
-            4 => for_each_row::<_, 4>(bytes, row_bytes, acts, out, |r, a| dot_tile::<4>(as_blocks(r), a)),
-            n => panic!("token tile of {n}"),
-        }
+        super::super::common::for_each_row_tiled!(bytes, row_bytes, acts, out, dot_tile)
     }
 
     /// Signed × signed bytes: move the weight's sign onto the activation (`sign_epi8`) so
