@@ -76,7 +76,6 @@ pub fn dot(w: &[BlockQ2K], acts: &[&[BlockQ8K]], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-
     use super::super::x86::*;
     use super::*;
     // The F16C conversion, not the portable one from `common`.
@@ -90,16 +89,6 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8K]], out: &mut [f32]) {
         super::super::common::for_each_row_tiled!(bytes, row_bytes, acts, out, dot_tile)
-    }
-
-    /// Scales of 16-weight sub-blocks `a` (low 128-bit lane) and `a + 1` (high lane) as i16,
-    /// from the 16 per-sub-block scale bytes in `sc`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn pair_scales(sc: __m128i, a: usize) -> __m256i {
-        let a = a as u8;
-        let pick = _mm_set_epi64x(i64::from_le_bytes([a + 1; 8]), i64::from_le_bytes([a; 8]));
-        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick))
     }
 
     /// Quants enter `maddubs` as they are (0..4); the sub-block scale multiplies in `madd`, and

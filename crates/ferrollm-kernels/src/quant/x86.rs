@@ -108,3 +108,13 @@ pub fn hsum_ps128(v: __m128) -> f32 {
     let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
+
+/// Scales of 16-weight sub-blocks `a` (low 128-bit lane) and `a + 1` (high lane) as i16,
+/// from the 16 per-sub-block scale bytes in `sc` (Q2_K and Q3_K keep one scale byte per 16 weights).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn pair_scales(sc: __m128i, a: usize) -> __m256i {
+    let a = a as u8;
+    let pick = _mm_set_epi64x(i64::from_le_bytes([a + 1; 8]), i64::from_le_bytes([a; 8]));
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick))
+}
