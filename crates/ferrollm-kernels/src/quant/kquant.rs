@@ -145,6 +145,19 @@ pub fn affine_quant(x: f32, scale: f32, min: f32, qmax: i32) -> u8 {
     ((x + min) / scale).round().clamp(0.0, qmax as f32) as u8
 }
 
+/// Twelve xorshift bytes, the size of the packed scale fields that the K-quant tests fuzz.
+#[cfg(test)]
+pub(crate) fn random_scale_bytes(x: &mut u64) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for b in s.iter_mut() {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *b = *x as u8;
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,13 +166,7 @@ mod tests {
     fn packed_scale_decoders_agree() {
         let mut x = 0x1234_5678_9ABC_DEF1u64;
         for _ in 0..1000 {
-            let mut s = [0u8; 12];
-            for b in s.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }
+            let s = random_scale_bytes(&mut x);
             let (sc, m) = scales_mins_k4(&s);
             for j in 0..8 {
                 assert_eq!(scale_min_k4(j, &s), ((sc >> (8 * j)) as u8, (m >> (8 * j)) as u8));

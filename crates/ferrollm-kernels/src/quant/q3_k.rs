@@ -214,13 +214,7 @@ mod tests {
     fn packed_scale_decoder_agrees() {
         let mut x = 0x0123_4567_89AB_CDEFu64;
         for _ in 0..1000 {
-            let mut s = [0u8; 12];
-            for b in s.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }
+            let s = super::super::kquant::random_scale_bytes(&mut x);
             let (lo, hi) = scales6(&s);
             for j in 0..16 {
                 let v = if j < 8 { lo >> (8 * j) } else { hi >> (8 * (j - 8)) } as u8;

@@ -2,7 +2,7 @@
 //! (ggml `block_q6_K`).
 
 use super::act::BlockQ8K;
-use super::common::{as_blocks, f16_to_f32, f32_to_f16, has_avx2, Block};
+use super::common::{f16_to_f32, f32_to_f16, has_avx2, Block};
 use super::kquant::{KBlock, KUnpacked};
 
 /// ggml layout, per 128-weight half `n` and 32-weight quarter `k` (`e = 128n + 32k + l`): low 4
@@ -82,10 +82,7 @@ pub fn dot_rows(bytes: &[u8], row_bytes: usize, acts: &[&[BlockQ8K]], out: &mut 
         unsafe { avx2::dot_rows(bytes, row_bytes, acts, out) };
         return;
     }
-    let k = acts.len();
-    for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(k)) {
-        super::kquant::dot_scalar::<BlockQ6K>(as_blocks(row), acts, o);
-    }
+    super::kquant::dot_rows_scalar::<BlockQ6K>(bytes, row_bytes, acts, out)
 }
 
 /// `out[t] = Σ w·acts[t]` for up to 4 activation rows, with the fastest available code.
