@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::StructuredOutputsParams;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SamplingParams {
@@ -31,6 +33,8 @@ pub struct SamplingParams {
     /// Opt this request out of speculative decoding (when the engine runs with a
     /// `--speculative-config`); its output distribution is the same either way.
     pub disable_speculation: bool,
+    /// Constrains the output to a JSON schema, regex, choice or grammar.
+    pub structured_outputs: Option<StructuredOutputsParams>,
 }
 
 impl Default for SamplingParams {
@@ -55,6 +59,7 @@ impl Default for SamplingParams {
             skip_special_tokens: true,
             include_stop_str_in_output: false,
             disable_speculation: false,
+            structured_outputs: None,
         }
     }
 }
@@ -129,6 +134,11 @@ impl SamplingParams {
         }
         if self.stop.iter().any(|s| s.is_empty()) {
             return err("stop", "stop strings must not be empty");
+        }
+        if let Some(so) = &self.structured_outputs {
+            if let Err(m) = so.check() {
+                return err("structured_outputs", m);
+            }
         }
         Ok(())
     }

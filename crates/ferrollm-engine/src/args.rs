@@ -27,6 +27,8 @@ pub struct EngineArgs {
     pub max_pending_requests: usize,
     /// Speculative decoding (`--speculative-config`); off when `None`.
     pub speculative_config: Option<crate::SpeculativeConfig>,
+    /// Structured outputs: append the tokens a grammar forces in one step (jump-forward).
+    pub jump_forward: bool,
 }
 
 impl EngineArgs {
@@ -44,6 +46,7 @@ impl EngineArgs {
             chat_template: None,
             max_pending_requests: 4096,
             speculative_config: None,
+            jump_forward: true,
         }
     }
 }

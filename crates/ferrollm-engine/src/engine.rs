@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use ferrollm_core::{
     EngineCoreOutput, FinishReason, Request, RequestId, SamplingParams, Scheduler, SchedulerConfig, SchedulerStats,
-    TokenLogprobs,
+    StructuredOutputGrammar, TokenLogprobs,
 };
 use ferrollm_kernels::CpuBackend;
 use ferrollm_models::{load_model, KvCache, Tokenizer};
@@ -23,6 +23,7 @@ use crate::engine_core::{CoreEvent, CoreRequest, EngineCore};
 use crate::metrics::Metrics;
 use crate::outputs::{CompletionOutput, RequestOutput};
 use crate::runner::ModelRunner;
+use crate::structured::GrammarCompiler;
 use crate::{EngineArgs, EngineError};
 
 /// A prompt as text or as token ids.
@@ -112,6 +113,7 @@ struct Inner {
     chat_template: Option<ChatTemplate>,
     eos_token_ids: Vec<u32>,
     max_pending: usize,
+    grammars: GrammarCompiler,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -267,6 +269,7 @@ impl Engine {
                 Some(c) if matches!(c.method, crate::SpeculativeMethod::LayerSkip { .. }) => c.num_speculative_tokens,
                 _ => 0,
             },
+            jump_forward: args.jump_forward,
         });
         let sampleable = tokenizer.vocab_size().min(cfg.vocab_size);
         let mut runner = ModelRunner::new(model, num_blocks, args.block_size, eos_token_ids.clone(), sampleable);
@@ -280,6 +283,7 @@ impl Engine {
         }
         let core = EngineCore::new(scheduler, runner);
 
+        let grammars = GrammarCompiler::new(tokenizer.clone(), cfg.vocab_size);
         let (core_tx, core_rx) = mpsc::channel();
         let (event_tx, event_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -304,6 +308,7 @@ impl Engine {
                 shared,
                 info,
                 chat_template,
+                grammars,
                 eos_token_ids,
                 max_pending: args.max_pending_requests,
                 threads: Mutex::new(vec![core_thread, output_thread]),
@@ -424,6 +429,20 @@ impl Engine {
             )));
         }
 
+        // Compiled here, in the caller's thread, so that a slow grammar never holds up the
+        // engine loop; `n` completions share one compilation through the cache.
+        let mut grammars = Vec::new();
+        if let Some(spec) = &params.structured_outputs {
+            for _ in 0..params.n {
+                let g = self.inner.grammars.compile(spec).map_err(|message| EngineError::InvalidRequest {
+                    param: Some("structured_outputs"),
+                    message,
+                })?;
+                grammars.push(Box::new(g) as Box<dyn StructuredOutputGrammar>);
+            }
+        }
+        let mut grammars = grammars.into_iter();
+
         let n = params.n;
         let (tx, rx) = unbounded_channel();
         let siblings_left = Arc::new(AtomicUsize::new(n));
@@ -470,7 +489,7 @@ impl Engine {
                 req.eos_token_ids = self.inner.eos_token_ids.clone();
                 req.max_model_len = max_len;
                 child_ids.push(child_id);
-                requests.push(req);
+                requests.push((req, grammars.next()));
             }
         }
         shared.pending.fetch_add(1, Ordering::Relaxed);
@@ -482,8 +501,8 @@ impl Engine {
             prompt_token_ids: prompt_ids,
             ..Default::default()
         });
-        for r in requests {
-            shared.send_core(CoreRequest::Add(Box::new(r)));
+        for (r, g) in requests {
+            shared.send_core(CoreRequest::Add(Box::new(r), g));
         }
         Ok(RequestStream { rx, child_ids, shared: shared.clone(), done: false })
     }

@@ -6,12 +6,15 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
-use ferrollm_core::{EngineCoreOutput, FinishReason, Request, RequestId, Scheduler, SchedulerStats};
+use ferrollm_core::{
+    EngineCoreOutput, FinishReason, Request, RequestId, Scheduler, SchedulerStats, StructuredOutputGrammar,
+};
 
 use crate::runner::ModelRunner;
 
 pub enum CoreRequest {
-    Add(Box<Request>),
+    /// A request, with its compiled grammar when its output is constrained.
+    Add(Box<Request>, Option<Box<dyn StructuredOutputGrammar>>),
     /// Ends requests early: a client abort, or a stop string the detokenizer saw.
     Finish(Vec<RequestId>, FinishReason),
     Shutdown,
@@ -62,9 +65,9 @@ impl EngineCore {
             msgs.extend(rx.try_iter());
             for m in msgs {
                 match m {
-                    CoreRequest::Add(req) => {
+                    CoreRequest::Add(req, grammar) => {
                         let id = req.id.clone();
-                        if let Err(e) = self.scheduler.add_request(*req) {
+                        if let Err(e) = self.scheduler.add_request_with_grammar(*req, grammar) {
                             let _ = tx.send(CoreEvent::Rejected(id, e.to_string()));
                         }
                     }

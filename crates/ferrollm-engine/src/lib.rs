@@ -12,12 +12,13 @@ pub mod metrics;
 pub mod outputs;
 pub mod runner;
 pub mod spec_config;
+pub mod structured;
 
 pub use args::EngineArgs;
 pub use chat_template::ChatMessage;
 pub use engine::{Engine, EngineInfo, PromptInput, RequestStream};
 pub use error::EngineError;
-pub use ferrollm_core::SamplingParams;
+pub use ferrollm_core::{SamplingParams, StructuredOutputsParams};
 pub use llm::LLM;
 pub use outputs::{CompletionOutput, RequestOutput};
 pub use spec_config::{SpeculativeConfig, SpeculativeMethod};

@@ -20,6 +20,9 @@ pub struct SchedulerConfig {
     /// for the draft positions before they are scheduled (layer-skip self-drafting). 0 for
     /// proposers that compute nothing (n-gram lookup).
     pub num_lookahead_tokens: usize,
+    /// Structured outputs: append the tokens a grammar forces in one step (jump-forward)
+    /// instead of sampling them one by one.
+    pub jump_forward: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -33,6 +36,7 @@ impl Default for SchedulerConfig {
             enable_prefix_caching: true,
             enable_chunked_prefill: true,
             num_lookahead_tokens: 0,
+            jump_forward: true,
         }
     }
 }

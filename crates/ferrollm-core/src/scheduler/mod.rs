@@ -23,7 +23,10 @@ pub use config::SchedulerConfig;
 pub use output::{NewRequestData, ScheduledRequest, SchedulerOutput};
 
 use crate::kv_cache::KvCacheManager;
-use crate::{EngineCoreOutput, FinishReason, ModelRunnerOutput, Request, RequestId, RequestStatus};
+use crate::{
+    EngineCoreOutput, FinishReason, ModelRunnerOutput, Request, RequestId, RequestStatus, StructuredOutputGrammar,
+    TokenBitmask,
+};
 
 /// Counters for /metrics and logs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -45,6 +48,10 @@ pub struct SchedulerStats {
     pub spec_num_accepted_tokens: u64,
     /// Accepted draft tokens by position in the draft (0 = first).
     pub spec_num_accepted_tokens_per_pos: Vec<u64>,
+    /// Steps run (each one forward pass).
+    pub num_steps: u64,
+    /// Tokens appended because a grammar forced them (jump-forward), not sampled.
+    pub num_jump_forward_tokens: u64,
 }
 
 impl SchedulerStats {
@@ -99,6 +106,10 @@ pub struct Scheduler {
     finished_req_ids: Vec<RequestId>,
     num_preemptions: u64,
     spec: SpecStats,
+    /// Grammar state of constrained requests (structured outputs).
+    grammars: HashMap<RequestId, Box<dyn StructuredOutputGrammar>>,
+    num_steps: u64,
+    num_jump_forward_tokens: u64,
 }
 
 /// Most tokens `req` may ever hold: prompt plus `max_tokens`, within its context length.
@@ -121,6 +132,9 @@ impl Scheduler {
             finished_req_ids: Vec::new(),
             num_preemptions: 0,
             spec: SpecStats::default(),
+            grammars: HashMap::new(),
+            num_steps: 0,
+            num_jump_forward_tokens: 0,
         }
     }
 
@@ -129,7 +143,18 @@ impl Scheduler {
     /// plus `max_tokens`, capped by the context length) exceeds the whole pool.
     ///
     /// The request's `max_model_len` is lowered to the scheduler's if larger.
-    pub fn add_request(&mut self, mut req: Request) -> Result<(), SchedulerError> {
+    pub fn add_request(&mut self, req: Request) -> Result<(), SchedulerError> {
+        self.add_request_with_grammar(req, None)
+    }
+
+    /// Like [`add_request`](Self::add_request), for a request whose output `grammar`
+    /// constrains: each step that samples for it carries the allowed tokens, and the grammar
+    /// advances with every token the request emits.
+    pub fn add_request_with_grammar(
+        &mut self,
+        mut req: Request,
+        grammar: Option<Box<dyn StructuredOutputGrammar>>,
+    ) -> Result<(), SchedulerError> {
         if self.requests.contains_key(&req.id) {
             return Err(SchedulerError::DuplicateId(req.id));
         }
@@ -152,6 +177,9 @@ impl Scheduler {
         req.status = RequestStatus::Waiting;
         req.num_computed_tokens = 0;
         req.spec_token_ids.clear();
+        if let Some(g) = grammar {
+            self.grammars.insert(req.id.clone(), g);
+        }
         self.waiting.push_back(req.id.clone());
         self.requests.insert(req.id.clone(), req);
         Ok(())
@@ -171,6 +199,7 @@ impl Scheduler {
                 RequestStatus::Finished(_) => unreachable!("finished requests are dropped at once"),
             }
             req.status = RequestStatus::Finished(reason);
+            self.grammars.remove(id);
             self.finished_req_ids.push(req.id);
         }
     }
@@ -265,7 +294,13 @@ impl Scheduler {
                 let req = &self.requests[&id];
                 let start = req.num_computed_tokens;
                 let mut token_ids = req.tokens(start, start + n - n_spec);
-                token_ids.extend_from_slice(&req.spec_token_ids[..n_spec]);
+                let drafts = &req.spec_token_ids[..n_spec];
+                token_ids.extend_from_slice(drafts);
+                let sample = start + n - n_spec == req.num_tokens();
+                let grammar_bitmasks = match self.grammars.get_mut(&id) {
+                    Some(g) if sample => bitmasks_along(g.as_mut(), drafts),
+                    _ => Vec::new(),
+                };
                 ScheduledRequest {
                     new: first_time.then(|| NewRequestData {
                         prompt_token_ids: req.prompt_token_ids.clone(),
@@ -275,12 +310,16 @@ impl Scheduler {
                     num_spec_tokens: n_spec,
                     start_pos: start,
                     block_table: self.kv.block_table(&id).to_vec(),
-                    sample: start + n - n_spec == req.num_tokens(),
+                    sample,
+                    grammar_bitmasks,
                     req_id: id,
                 }
             })
             .collect();
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget;
+        if !out.scheduled.is_empty() {
+            self.num_steps += 1;
+        }
         out
     }
 
@@ -367,8 +406,50 @@ impl Scheduler {
             req.num_computed_tokens = (sched.start_pos + sched.num_tokens()).min(req.num_tokens() - 1);
             self.kv.cache_full_blocks(req);
 
+            if let Some(g) = self.grammars.get_mut(&req.id) {
+                if !new_token_ids.is_empty() && !g.accept_tokens(&new_token_ids) {
+                    // The runner sampled under this grammar's mask, so this means the grammar
+                    // engine failed; end the request rather than emit unconstrained text.
+                    finish_reason = finish_reason.or(Some(FinishReason::Stop));
+                }
+                // Jump-forward: tokens the grammar forces are appended now and computed next
+                // step as one chunk, instead of one decode step each. Not for requests that want
+                // logprobs, which only a forward pass per token can give honestly.
+                let mut forced = Vec::new();
+                if finish_reason.is_none()
+                    && !new_token_ids.is_empty()
+                    && self.config.jump_forward
+                    && req.params.logprobs.is_none()
+                {
+                    forced = g.jump_forward();
+                }
+                for &t in &forced {
+                    req.output_token_ids.push(t);
+                    new_token_ids.push(t);
+                    self.num_jump_forward_tokens += 1;
+                    finish_reason = check_stop(req);
+                    if finish_reason.is_some() {
+                        break;
+                    }
+                }
+                if !forced.is_empty() {
+                    // Drafts were proposed before the forced tokens were known.
+                    req.spec_token_ids.clear();
+                    if let Some(lp) = &mut new_logprobs {
+                        lp.truncate(sampled.len());
+                    }
+                } else if !req.spec_token_ids.is_empty() {
+                    // Drafts the grammar rejects could never be accepted: verify only the rest.
+                    let ok = g.validate_tokens(&req.spec_token_ids);
+                    req.spec_token_ids.truncate(ok);
+                }
+            }
+
             if let Some(lp) = &mut new_logprobs {
                 lp.truncate(new_token_ids.len());
+            }
+            if finish_reason.is_some() {
+                self.grammars.remove(&req.id);
             }
             if let Some(reason) = finish_reason {
                 req.status = RequestStatus::Finished(reason);
@@ -439,6 +520,8 @@ impl Scheduler {
             spec_num_draft_tokens: self.spec.num_draft_tokens,
             spec_num_accepted_tokens: self.spec.num_accepted_tokens,
             spec_num_accepted_tokens_per_pos: self.spec.accepted_per_pos.clone(),
+            num_steps: self.num_steps,
+            num_jump_forward_tokens: self.num_jump_forward_tokens,
         }
     }
 
@@ -464,6 +547,25 @@ impl Scheduler {
             assert!(req.spec_token_ids.is_empty(), "waiting request {id} holds draft tokens");
         }
     }
+}
+
+/// The allowed tokens at the position after the last known token and after each of `drafts`
+/// (which the grammar has already validated), leaving the grammar where it was.
+fn bitmasks_along(g: &mut dyn StructuredOutputGrammar, drafts: &[u32]) -> Vec<TokenBitmask> {
+    let mut masks = Vec::with_capacity(drafts.len() + 1);
+    masks.push(g.allowed_tokens());
+    let mut advanced = 0;
+    for &t in drafts {
+        if !g.accept_tokens(&[t]) {
+            break;
+        }
+        advanced += 1;
+        masks.push(g.allowed_tokens());
+    }
+    if advanced > 0 {
+        g.rollback(advanced);
+    }
+    masks
 }
 
 /// Why the request must stop after its newest token, if it must. Stop tokens and EOS count

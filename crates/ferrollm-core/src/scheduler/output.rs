@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::{RequestId, SamplingParams};
+use crate::{RequestId, SamplingParams, TokenBitmask};
 
 /// What the runner must remember about a request it has not seen before.
 #[derive(Debug, Clone)]
@@ -30,6 +30,10 @@ pub struct ScheduledRequest {
     /// The step reaches the last known token, so a next token is sampled. False for prefill
     /// chunks that stop mid-prompt.
     pub sample: bool,
+    /// Structured outputs: the tokens allowed at each sampled position (the last known token,
+    /// then each draft token), or empty when the request is unconstrained. May be shorter than
+    /// the sampled positions when the grammar rejects a draft; positions past it allow nothing.
+    pub grammar_bitmasks: Vec<TokenBitmask>,
 }
 
 impl ScheduledRequest {

@@ -10,7 +10,7 @@ pub mod spec_decode;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferrollm_core::{ModelRunnerOutput, RequestId, SamplingParams, SchedulerOutput};
+use ferrollm_core::{ModelRunnerOutput, RequestId, SamplingParams, SchedulerOutput, TokenBitmask};
 use ferrollm_models::{ForwardBatch, KvCache, LlamaModel, SeqSlice};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -26,6 +26,18 @@ struct RequestState {
     /// The drafter's distribution at each token it proposed last step, when it sampled them
     /// (layer-skip drafts of a sampled request); `None` means point masses.
     draft_probs: Option<Vec<Vec<f32>>>,
+}
+
+impl RequestState {
+    /// Adopts tokens the scheduler appended without sampling them here (a grammar's forced
+    /// tokens), which arrive as known tokens of the next step.
+    fn sync_known_tokens(&mut self, s: &ferrollm_core::ScheduledRequest) {
+        let known_end = s.start_pos + s.num_tokens() - s.num_spec_tokens;
+        let have = self.prompt_token_ids.len() + self.output_token_ids.len();
+        if known_end > have && s.start_pos <= have {
+            self.output_token_ids.extend_from_slice(&s.token_ids[have - s.start_pos..known_end - s.start_pos]);
+        }
+    }
 }
 
 /// The drafter run after each step (speculative decoding).
@@ -47,12 +59,14 @@ pub struct ModelRunner {
 }
 
 /// The logits a token is chosen from at a position whose history is `prompt` + `output`:
-/// padded ids masked, stop tokens masked before `min_tokens`, penalties applied.
+/// padded ids masked, the grammar's disallowed tokens masked, stop tokens masked before
+/// `min_tokens`, penalties applied.
 fn prepare_row(
     raw: &[f32],
     sampleable_vocab: usize,
     eos_token_ids: &[u32],
     params: &SamplingParams,
+    grammar: Option<&TokenBitmask>,
     prompt: &[u32],
     output: &[u32],
 ) -> Vec<f32> {
@@ -60,11 +74,19 @@ fn prepare_row(
     for l in row.iter_mut().skip(sampleable_vocab) {
         *l = f32::NEG_INFINITY;
     }
+    if let Some(mask) = grammar {
+        mask.apply(&mut row);
+    }
     if output.len() < params.min_tokens {
+        let before = row.clone();
         for &t in eos_token_ids.iter().chain(&params.stop_token_ids) {
             if let Some(l) = row.get_mut(t as usize) {
                 *l = f32::NEG_INFINITY;
             }
+        }
+        // A finished grammar allows only end-of-sequence: the grammar wins over min_tokens.
+        if row.iter().all(|l| *l == f32::NEG_INFINITY) {
+            row = before;
         }
     }
     sampler::apply_penalties(&mut row, params, prompt, output);
@@ -118,6 +140,9 @@ impl ModelRunner {
             self.states.remove(id);
         }
         for s in &out.scheduled {
+            if let Some(state) = self.states.get_mut(&s.req_id) {
+                state.sync_known_tokens(s);
+            }
             if let Some(new) = &s.new {
                 let rng = match new.params.seed {
                     Some(seed) => StdRng::seed_from_u64(seed),
@@ -207,17 +232,21 @@ impl ModelRunner {
                 let (sampleable, eos) = (self.sampleable_vocab, &self.eos_token_ids[..]);
                 let RequestState { prompt_token_ids: prompt, output_token_ids: output, rng, draft_probs, .. } = state;
                 let q = draft_probs.take();
-                if nspec == 0 {
-                    let row = prepare_row(raw_row(0), sampleable, eos, &params, prompt, output);
+                let masks = &s.grammar_bitmasks;
+                // Drafts past the grammar's last mask were rejected by it: verify the rest.
+                let nverify = if masks.is_empty() { nspec } else { nspec.min(masks.len() - 1) };
+                if nverify == 0 {
+                    let row = prepare_row(raw_row(0), sampleable, eos, &params, masks.first(), prompt, output);
                     sampled.push(sampler::sample(&row, &params, rng));
                 } else {
-                    let drafts = &s.token_ids[s.num_tokens() - nspec..];
+                    let drafts = &s.token_ids[s.num_tokens() - nspec..][..nverify];
+                    let nspec = nverify;
                     let q = q.filter(|_| !params.is_greedy());
                     debug_assert!(q.as_ref().is_none_or(|q| q.len() >= nspec), "draft probabilities lost");
                     let target = |i: usize| {
                         let mut hist = output.clone();
                         hist.extend_from_slice(&drafts[..i]);
-                        let row = prepare_row(raw_row(i), sampleable, eos, &params, prompt, &hist);
+                        let row = prepare_row(raw_row(i), sampleable, eos, &params, masks.get(i), prompt, &hist);
                         if params.is_greedy() {
                             return Target::Greedy(sampler::argmax(&row));
                         }
@@ -280,6 +309,11 @@ impl ModelRunner {
             if !s.sample || st.params.disable_speculation {
                 continue;
             }
+            // A constrained request's drafts are checked against its grammar afterwards, and
+            // cutting sampled drafts there would bias them; greedy drafts are cut exactly.
+            if st.params.structured_outputs.is_some() && !st.params.is_greedy() {
+                continue;
+            }
             let pos = st.prompt_token_ids.len() + st.output_token_ids.len() - 1;
             let room = (s.block_table.len() * bs).saturating_sub(pos);
             let max = k.min(room).min(self.model.config.max_position_embeddings.saturating_sub(pos));
@@ -326,6 +360,7 @@ impl ModelRunner {
                     self.sampleable_vocab,
                     &self.eos_token_ids,
                     &st.params,
+                    None,
                     &st.prompt_token_ids,
                     &hist,
                 );
