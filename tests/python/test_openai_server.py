@@ -264,6 +264,101 @@ def test_chat_logprobs(client, model):
     assert "".join(t.token for t in content).startswith(r.choices[0].message.content)
 
 
+# ---------------------------------------------------------------- structured outputs
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city"],
+          "properties": {"name": {"type": "string", "maxLength": 20},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                         "city": {"type": "string", "enum": ["Paris", "Berlin", "Tokyo"]}}}
+
+
+def check_person(text):
+    v = json.loads(text)
+    assert set(v) == {"name", "age", "city"}, v
+    assert isinstance(v["name"], str) and len(v["name"]) <= 20
+    assert isinstance(v["age"], int) and 0 <= v["age"] <= 120
+    assert v["city"] in ("Paris", "Berlin", "Tokyo")
+
+
+def test_response_format_json_schema(client, model):
+    msgs = [{"role": "user", "content": "Describe a person as JSON."}]
+    r = client.chat.completions.create(
+        model=model, messages=msgs, max_tokens=120, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}})
+    assert r.choices[0].finish_reason == "stop"
+    check_person(r.choices[0].message.content)
+    # Streaming and sampling with n=2 and a seed: every choice valid, reproducible.
+    kw = dict(model=model, messages=msgs, max_tokens=120, temperature=1.0, seed=11, n=2,
+              response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
+    texts = ["", ""]
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+    for t in texts:
+        check_person(t)
+    again = client.chat.completions.create(**kw)
+    assert sorted(c.message.content for c in again.choices) == sorted(texts)
+
+
+def test_response_format_json_object_and_completions(client, model):
+    r = client.chat.completions.create(model=model, messages=CHAT, max_tokens=150, temperature=0,
+                                       response_format={"type": "json_object"})
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    r = client.completions.create(model=model, prompt="A person in JSON:", max_tokens=120, temperature=0,
+                                  extra_body={"response_format": {"type": "json_schema",
+                                                                  "json_schema": {"name": "p", "schema": PERSON}}})
+    check_person(r.choices[0].text)
+
+
+def test_vllm_structured_outputs_and_guided_fields(client, model):
+    import re
+    cases = [
+        ({"structured_outputs": {"choice": ["positive", "negative"]}}, lambda t: t in ("positive", "negative")),
+        ({"guided_choice": ["yes", "no"]}, lambda t: t in ("yes", "no")),
+        ({"structured_outputs": {"regex": r"[0-9]{3}-[0-9]{4}"}}, lambda t: re.fullmatch(r"[0-9]{3}-[0-9]{4}", t)),
+        ({"guided_regex": r"(cat|dog)s?"}, lambda t: re.fullmatch(r"(cat|dog)s?", t)),
+        ({"guided_json": PERSON}, lambda t: check_person(t) is None),
+        ({"structured_outputs": {"json": json.dumps(PERSON)}}, lambda t: check_person(t) is None),
+        ({"structured_outputs": {"grammar": 'start: "x=" NUM ";"\nNUM: /[0-9]{1,4}/'}},
+         lambda t: re.fullmatch(r"x=[0-9]{1,4};", t)),
+        ({"guided_grammar": 'root ::= "hello " ("world" | "there")'}, lambda t: t in ("hello world", "hello there")),
+    ]
+    for extra, ok in cases:
+        r = client.chat.completions.create(model=model, messages=CHAT, max_tokens=100, temperature=0,
+                                           extra_body=extra)
+        text = r.choices[0].message.content
+        assert ok(text), (extra, text)
+        assert r.choices[0].finish_reason == "stop", (extra, text)
+
+
+def test_structured_output_that_cannot_finish_ends_with_length(client, model):
+    r = client.completions.create(model=model, prompt="Letters:", max_tokens=6, temperature=0,
+                                  extra_body={"structured_outputs": {"regex": "(ab){40}"}})
+    assert r.choices[0].finish_reason == "length"
+    assert r.choices[0].text.startswith("ab")
+
+
+@pytest.mark.parametrize("extra,param,needle", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+     "response_format", ""),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "array", "uniqueItems": True}}}}, "response_format", "uniqueItems"),
+    ({"response_format": {"type": "yaml"}}, "response_format", "yaml"),
+    ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema"),
+    ({"guided_regex": "a(b"}, "guided_regex", "regex"),
+    ({"structured_outputs": {"grammar": "start: missing_rule"}}, "structured_outputs", ""),
+    ({"structured_outputs": {"choice": []}}, "structured_outputs", "choice"),
+    ({"guided_json": {"type": "object"}, "guided_regex": "a"}, "guided_regex", "only one"),
+])
+def test_bad_constraints_are_400(server, extra, param, needle):
+    for path, body in [("/v1/chat/completions", {"messages": CHAT}), ("/v1/completions", {"prompt": "x"})]:
+        r = post(server, path, {"model": SERVED_NAME, "max_tokens": 5, **body, **extra})
+        assert r.status_code == 400, r.text
+        err = error_of(r)
+        assert err["param"] == param, err
+        assert needle in err["message"], err
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -15,6 +15,8 @@ use crate::fetch;
 
 #[path = "bench_serve.rs"]
 mod bench_serve;
+#[path = "bench_structured.rs"]
+mod bench_structured;
 
 #[derive(Subcommand)]
 pub enum BenchKind {
@@ -24,6 +26,8 @@ pub enum BenchKind {
     Throughput(ThroughputArgs),
     /// Load test of a running OpenAI-compatible server (like `vllm bench serve`).
     Serve(bench_serve::ServeArgs),
+    /// Structured outputs: constrained vs free throughput, mask time, jump-forward on/off.
+    Structured(bench_structured::StructuredArgs),
 }
 
 #[derive(Args)]
@@ -76,6 +80,7 @@ pub fn run(kind: BenchKind) -> Result<()> {
         BenchKind::Latency(a) => latency(a),
         BenchKind::Throughput(a) => throughput(a),
         BenchKind::Serve(a) => bench_serve::run(a),
+        BenchKind::Structured(a) => bench_structured::bench(a),
     }
 }
 

@@ -44,6 +44,10 @@ pub struct EngineFlags {
     /// or '{"method":"layer_skip","draft_layers":8,"num_speculative_tokens":3}'.
     #[arg(long)]
     pub speculative_config: Option<String>,
+    /// Structured outputs: sample every token, even those a grammar forces (turns
+    /// jump-forward off, for comparison).
+    #[arg(long)]
+    pub no_jump_forward: bool,
 }
 
 /// Parses `1GiB`, `512MiB`, `2G`, `1000000`.
@@ -87,6 +91,7 @@ impl EngineFlags {
         a.chat_template = self.chat_template.clone();
         a.served_model_name = self.served_model_name.clone();
         a.max_pending_requests = self.max_pending_requests;
+        a.jump_forward = !self.no_jump_forward;
         a.speculative_config = match &self.speculative_config {
             Some(json) => Some(ferrollm_engine::SpeculativeConfig::parse(json).map_err(anyhow::Error::msg)?),
             None => None,

@@ -11,5 +11,5 @@ pub mod structured_output;
 pub use outputs::{EngineCoreOutput, ModelRunnerOutput, TokenLogprob, TokenLogprobs};
 pub use request::{FinishReason, Request, RequestId, RequestStatus};
 pub use sampling_params::{ParamError, SamplingParams};
-pub use structured_output::{StructuredOutputGrammar, StructuredOutputsParams, TokenBitmask};
 pub use scheduler::{ScheduledRequest, Scheduler, SchedulerConfig, SchedulerOutput, SchedulerStats};
+pub use structured_output::{StructuredOutputGrammar, StructuredOutputsParams, TokenBitmask};

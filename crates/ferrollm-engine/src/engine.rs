@@ -434,10 +434,11 @@ impl Engine {
         let mut grammars = Vec::new();
         if let Some(spec) = &params.structured_outputs {
             for _ in 0..params.n {
-                let g = self.inner.grammars.compile(spec).map_err(|message| EngineError::InvalidRequest {
-                    param: Some("structured_outputs"),
-                    message,
-                })?;
+                let g = self
+                    .inner
+                    .grammars
+                    .compile(spec)
+                    .map_err(|message| EngineError::InvalidRequest { param: Some("structured_outputs"), message })?;
                 grammars.push(Box::new(g) as Box<dyn StructuredOutputGrammar>);
             }
         }
@@ -505,6 +506,20 @@ impl Engine {
             shared.send_core(CoreRequest::Add(Box::new(r), g));
         }
         Ok(RequestStream { rx, child_ids, shared: shared.clone(), done: false })
+    }
+
+    /// A fresh grammar state for `spec`, compiled as a request's would be (for benchmarks
+    /// and tools that drive a grammar themselves).
+    pub fn compile_grammar(
+        &self,
+        spec: &ferrollm_core::StructuredOutputsParams,
+    ) -> Result<Box<dyn StructuredOutputGrammar>, EngineError> {
+        let g = self
+            .inner
+            .grammars
+            .compile(spec)
+            .map_err(|message| EngineError::InvalidRequest { param: Some("structured_outputs"), message })?;
+        Ok(Box::new(g))
     }
 
     /// Aborts a request by id (all of its completions).

@@ -18,7 +18,7 @@ pub use args::EngineArgs;
 pub use chat_template::ChatMessage;
 pub use engine::{Engine, EngineInfo, PromptInput, RequestStream};
 pub use error::EngineError;
-pub use ferrollm_core::{SamplingParams, StructuredOutputsParams};
+pub use ferrollm_core::{SamplingParams, StructuredOutputGrammar, StructuredOutputsParams};
 pub use llm::LLM;
 pub use outputs::{CompletionOutput, RequestOutput};
 pub use spec_config::{SpeculativeConfig, SpeculativeMethod};

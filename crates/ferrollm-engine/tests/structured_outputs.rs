@@ -46,7 +46,9 @@ fn run_schemas(llm: &LLM, schemas: &[(String, Value)], base: &SamplingParams) ->
             )];
             let text = llm.engine().apply_chat_template(&msgs, true).unwrap();
             let ids = llm.engine().tokenize(&text, false).unwrap();
-            llm.engine().add_request(format!("schema-{i}"), PromptInput::Tokens(ids), json_params(schema, base)).unwrap()
+            llm.engine()
+                .add_request(format!("schema-{i}"), PromptInput::Tokens(ids), json_params(schema, base))
+                .unwrap()
         })
         .collect();
     streams.into_iter().map(|s| s.blocking_collect()).collect()
@@ -71,7 +73,13 @@ fn assert_valid(schemas: &[(String, Value)], outs: &[RequestOutput], what: &str)
             failures.push(format!("{name}: finish_reason {:?}", o.finish_reason));
         }
     }
-    assert!(failures.is_empty(), "{what}: {} of {} outputs invalid:\n{}", failures.len(), outs.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {} outputs invalid:\n{}",
+        failures.len(),
+        outs.len(),
+        failures.join("\n")
+    );
 }
 
 fn schemas_valid_greedy_and_sampled(model: PathBuf) {
@@ -110,12 +118,18 @@ fn regex_choice_grammar_and_json_object_outputs_match() {
         ),
         (
             "The date today, in ISO format:",
-            StructuredOutputsParams { regex: Some(r"20[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]".into()), ..Default::default() },
+            StructuredOutputsParams {
+                regex: Some(r"20[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]".into()),
+                ..Default::default()
+            },
             Box::new(|t| regex::Regex::new(r"^20[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]$").unwrap().is_match(t)),
         ),
         (
             "Is the sky green? Answer:",
-            StructuredOutputsParams { choice: Some(vec!["yes".into(), "no".into(), "maybe".into()]), ..Default::default() },
+            StructuredOutputsParams {
+                choice: Some(vec!["yes".into(), "no".into(), "maybe".into()]),
+                ..Default::default()
+            },
             Box::new(|t| ["yes", "no", "maybe"].contains(&t)),
         ),
         (
@@ -137,7 +151,10 @@ fn regex_choice_grammar_and_json_object_outputs_match() {
         (
             "A greeting:",
             StructuredOutputsParams {
-                grammar: Some("root ::= greeting \", \" name\ngreeting ::= \"Hello\" | \"Hi\"\nname ::= [A-Z] [a-z]{1,8}\n".into()),
+                grammar: Some(
+                    "root ::= greeting \", \" name\ngreeting ::= \"Hello\" | \"Hi\"\nname ::= [A-Z] [a-z]{1,8}\n"
+                        .into(),
+                ),
                 ..Default::default()
             },
             Box::new(|t| regex::Regex::new(r"^(Hello|Hi), [A-Z][a-z]{1,8}$").unwrap().is_match(t)),
@@ -171,7 +188,10 @@ fn bad_constraints_are_clear_errors() {
             },
             "uniqueItems",
         ),
-        (StructuredOutputsParams { json: Some(Value::String("{not json".into())), ..Default::default() }, "not valid JSON"),
+        (
+            StructuredOutputsParams { json: Some(Value::String("{not json".into())), ..Default::default() },
+            "not valid JSON",
+        ),
         (StructuredOutputsParams { regex: Some("a(b".into()), ..Default::default() }, "regex"),
         (StructuredOutputsParams { grammar: Some("start: undefined_rule\n".into()), ..Default::default() }, ""),
         (StructuredOutputsParams { grammar: Some("root ::= \"open".into()), ..Default::default() }, "unterminated"),

@@ -16,6 +16,7 @@ pub mod routes;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod structured;
 
 pub use config::ServerConfig;
 pub use errors::ApiError;

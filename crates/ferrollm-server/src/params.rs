@@ -21,6 +21,20 @@ pub struct SamplingSpec {
     pub stream: bool,
     pub include_usage: bool,
     pub continuous_usage: bool,
+    /// The field that carried the output constraint, if any, for error messages.
+    pub constraint_field: Option<&'static str>,
+}
+
+impl SamplingSpec {
+    /// Names the engine's generic fields in an error as this request spelled them.
+    pub fn rename_params(&self, mut e: ApiError) -> ApiError {
+        match e.param.as_deref() {
+            Some("max_tokens") => e.param = Some(self.max_tokens_field.to_string()),
+            Some("structured_outputs") => e.param = self.constraint_field.map(str::to_string).or(e.param),
+            _ => {}
+        }
+        e
+    }
 }
 
 /// Builds and validates the engine's parameters.
@@ -78,6 +92,7 @@ pub fn sampling_spec(
         }
         m => usize::try_from(m).unwrap_or(usize::MAX),
     };
+    let constraint = crate::structured::resolve(req)?;
     let defaults = SamplingParams::default();
     let params = SamplingParams {
         n: n as usize,
@@ -101,6 +116,7 @@ pub fn sampling_spec(
         skip_special_tokens: req.skip_special_tokens.unwrap_or(true),
         include_stop_str_in_output: req.include_stop_str_in_output.unwrap_or(false),
         disable_speculation: req.disable_speculation.unwrap_or(false),
+        structured_outputs: constraint.as_ref().map(|(p, _)| p.clone()),
     };
     params.validate().map_err(|e| {
         let field = if e.field == "max_tokens" { max_tokens_field } else { e.field };
@@ -113,6 +129,7 @@ pub fn sampling_spec(
         stream,
         include_usage: opts.include_usage.unwrap_or(false),
         continuous_usage: opts.continuous_usage_stats.unwrap_or(false),
+        constraint_field: constraint.map(|(_, f)| f),
     })
 }
 

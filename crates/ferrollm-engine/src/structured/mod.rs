@@ -119,8 +119,7 @@ fn to_grammar(spec: &StructuredOutputsParams) -> Result<(String, TopLevelGrammar
         return Ok((format!("regex:{rx}"), TopLevelGrammar::from_regex(rx)));
     }
     if let Some(choices) = &spec.choice {
-        let alts: Vec<String> =
-            choices.iter().map(|c| serde_json::to_string(c).expect("strings serialize")).collect();
+        let alts: Vec<String> = choices.iter().map(|c| serde_json::to_string(c).expect("strings serialize")).collect();
         let lark = format!("start: {}", alts.join(" | "));
         return Ok((format!("choice:{lark}"), TopLevelGrammar::from_lark(lark)));
     }
@@ -136,9 +135,9 @@ fn to_grammar(spec: &StructuredOutputsParams) -> Result<(String, TopLevelGrammar
 /// and compact JSON lets jump-forward cover keys with their punctuation.
 fn compact_json(mut schema: serde_json::Value) -> serde_json::Value {
     if let Some(obj) = schema.as_object_mut() {
-        obj.entry("x-guidance").or_insert_with(|| {
-            serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
-        });
+        obj.entry("x-guidance").or_insert_with(
+            || serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
     }
     schema
 }

@@ -39,7 +39,6 @@ pub struct ChatCompletionRequest {
     pub continue_final_message: Option<bool>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
-    pub response_format: Option<Value>,
     pub chat_template: Option<String>,
 }
 

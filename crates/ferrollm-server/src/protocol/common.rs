@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
 
 /// `stop`: one string or a list of them.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -54,6 +55,17 @@ pub struct SamplingRequest {
     pub include_stop_str_in_output: Option<bool>,
     /// ferrollm extra: opt this request out of speculative decoding.
     pub disable_speculation: Option<bool>,
+    /// OpenAI's output format: `text`, `json_object` or `json_schema`.
+    pub response_format: Option<Value>,
+    /// vLLM's constraint object: `{json | regex | choice | grammar | json_object}`.
+    pub structured_outputs: Option<Value>,
+    /// vLLM's older spellings of the same constraints.
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+    /// Accepted and ignored: llguidance is the only backend.
+    pub guided_decoding_backend: Option<String>,
     pub logit_bias: Option<HashMap<String, f64>>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,

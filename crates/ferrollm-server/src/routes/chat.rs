@@ -13,7 +13,7 @@ use ferrollm_engine::{PromptInput, RequestOutput};
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::generation::{check_rejected, merged, random_id, rename_max_tokens, submit, UsageTracker};
+use super::generation::{check_rejected, merged, random_id, submit, UsageTracker};
 use crate::errors::ApiError;
 use crate::extract::{from_value, ApiJson};
 use crate::logprobs::{chat_logprobs, TokenText};
@@ -32,15 +32,6 @@ fn check_unsupported(req: &ChatCompletionRequest) -> Result<(), ApiError> {
     let tool_choice_none = matches!(&req.tool_choice, Some(Value::String(s)) if s == "none");
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) && !tool_choice_none {
         return Err(ApiError::invalid_param("tools", "tool calling is not supported"));
-    }
-    if let Some(format) = &req.response_format {
-        let kind = format.get("type").and_then(Value::as_str).unwrap_or("");
-        if kind != "text" {
-            return Err(ApiError::invalid_param(
-                "response_format",
-                format!("response_format of type `{kind}` is not supported; only `text` is"),
-            ));
-        }
     }
     if req.continue_final_message == Some(true) {
         return Err(ApiError::invalid_param("continue_final_message", "`continue_final_message` is not supported"));
@@ -84,7 +75,7 @@ pub async fn create_chat_completion(
         Ok(vec![PromptInput::Tokens(engine.tokenize(&text, false)?)])
     })
     .await
-    .map_err(|e| rename_max_tokens(e, spec.max_tokens_field))?;
+    .map_err(|e| spec.rename_params(e))?;
 
     let assembler = ChatAssembler {
         n: spec.params.n,

@@ -14,9 +14,7 @@ use ferrollm_engine::{PromptInput, RequestOutput};
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::generation::{
-    check_rejected, keep_first_prompt_logprobs, merged, random_id, rename_max_tokens, submit, UsageTracker,
-};
+use super::generation::{check_rejected, keep_first_prompt_logprobs, merged, random_id, submit, UsageTracker};
 use crate::errors::ApiError;
 use crate::extract::{from_value, ApiJson};
 use crate::logprobs::{completion_logprobs, prompt_logprobs, TokenText};
@@ -65,7 +63,7 @@ pub async fn create_completion(
             .collect()
     })
     .await
-    .map_err(|e| rename_max_tokens(e, spec.max_tokens_field))?;
+    .map_err(|e| spec.rename_params(e))?;
 
     let assembler = CompletionAssembler {
         n: spec.params.n,

@@ -121,14 +121,6 @@ impl UsageTracker {
     }
 }
 
-/// Renames the engine's `max_tokens` param to the field the client actually sent.
-pub fn rename_max_tokens(mut e: ApiError, field: &'static str) -> ApiError {
-    if e.param.as_deref() == Some("max_tokens") {
-        e.param = Some(field.to_string());
-    }
-    e
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
