@@ -69,6 +69,7 @@ fn random_config(rng: &mut StdRng) -> SchedulerConfig {
         enable_prefix_caching: rng.gen_bool(0.8),
         enable_chunked_prefill: rng.gen_bool(0.7),
         num_lookahead_tokens: 0,
+        jump_forward: true,
     }
 }
 

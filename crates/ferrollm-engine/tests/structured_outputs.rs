@@ -222,3 +222,99 @@ fn a_grammar_that_cannot_finish_ends_with_length() {
     assert_eq!(o.finish_reason.as_deref(), Some("length"));
     assert!(o.text.starts_with("abab") && o.text.len() <= 100, "{:?}", o.text);
 }
+
+/// Greedy token ids of the first `n` schemas, each request constrained by its schema.
+fn schema_tokens(llm: &LLM, schemas: &[(String, Value)]) -> Vec<Vec<u32>> {
+    let outs = run_schemas(llm, schemas, &SamplingParams::greedy(400));
+    assert_valid(schemas, &outs, "greedy");
+    outs.iter().map(|o| o.outputs[0].token_ids.clone()).collect()
+}
+
+#[test]
+fn speculation_chunked_prefill_preemption_and_prefix_caching_leave_outputs_unchanged() {
+    let schemas: Vec<_> = schemas().into_iter().step_by(4).collect();
+    let base = llm_with(common::smollm2(), |_| {});
+    let want = schema_tokens(&base, &schemas);
+    // Again on the same engine: the prompts now come from the prefix cache.
+    assert_eq!(schema_tokens(&base, &schemas), want, "prefix cache hit changed outputs");
+    let per_block = ferrollm_engine::args::DEFAULT_KV_CACHE_MEMORY / base.engine().info().num_kv_blocks;
+    drop(base);
+
+    for spec in [
+        r#"{"method":"ngram","num_speculative_tokens":4,"prompt_lookup_min":1,"prompt_lookup_max":3}"#,
+        r#"{"method":"layer_skip","draft_layers":10,"num_speculative_tokens":3}"#,
+    ] {
+        let llm = llm_with(common::smollm2(), |a| a.speculative_config = Some(SpeculativeConfig::parse(spec).unwrap()));
+        assert_eq!(schema_tokens(&llm, &schemas), want, "speculation {spec} changed constrained outputs");
+        assert!(llm.engine().scheduler_stats().spec_num_accepted_tokens > 0, "{spec}: no draft accepted");
+    }
+
+    // 40 blocks (640 tokens) for 11 requests of 100-250 prompt tokens plus output: preemption
+    // is certain; a 32-token budget chunks every prompt.
+    let small = llm_with(common::smollm2(), |a| {
+        a.kv_cache_memory = 40 * per_block;
+        a.max_num_batched_tokens = 32;
+    });
+    assert_eq!(schema_tokens(&small, &schemas), want, "chunked prefill or preemption changed outputs");
+    assert!(small.engine().scheduler_stats().num_preemptions > 0, "the small pool was meant to preempt");
+}
+
+#[test]
+fn constrained_and_free_requests_share_a_batch() {
+    let llm = llm_with(common::smollm2(), |_| {});
+    let free_prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):"];
+    let free = SamplingParams::greedy(24);
+    let alone: Vec<Vec<u32>> =
+        llm.generate(&free_prompts, &free).unwrap().iter().map(|o| o.outputs[0].token_ids.clone()).collect();
+    let schemas: Vec<_> = schemas().into_iter().take(6).collect();
+    let e = llm.engine();
+    let mut streams = Vec::new();
+    for (i, (name, schema)) in schemas.iter().enumerate() {
+        let p = format!("A {name} in JSON:");
+        streams
+            .push(e.add_request(format!("c{i}"), p.into(), json_params(schema, &SamplingParams::greedy(300))).unwrap());
+        if let Some(fp) = free_prompts.get(i) {
+            streams.push(e.add_request(format!("f{i}"), fp.to_string().into(), free.clone()).unwrap());
+        }
+    }
+    let outs: Vec<RequestOutput> = streams.into_iter().map(|s| s.blocking_collect()).collect();
+    let (mut constrained, mut mixed_free) = (Vec::new(), Vec::new());
+    for o in outs {
+        if o.request_id.starts_with('c') {
+            constrained.push(o);
+        } else {
+            mixed_free.push(o.outputs[0].token_ids.clone());
+        }
+    }
+    assert_valid(&schemas, &constrained, "mixed batch");
+    assert_eq!(mixed_free, alone, "free requests changed by constrained neighbours");
+}
+
+#[test]
+fn n_completions_with_seeds_are_valid_and_reproducible_and_jump_forward_saves_steps() {
+    let (name, schema) = schemas().into_iter().find(|(n, _)| n == "employee").unwrap();
+    let prompt = format!("An example {name} as JSON:");
+    let sampled =
+        SamplingParams { n: 3, temperature: 1.0, seed: Some(3), ..json_params(&schema, &SamplingParams::greedy(300)) };
+    let validator = jsonschema::options().should_validate_formats(true).build(&schema).unwrap();
+    let mut steps = Vec::new();
+    let mut texts = Vec::new();
+    for jump_forward in [true, false] {
+        let llm = llm_with(common::smollm2(), |a| a.jump_forward = jump_forward);
+        let out = llm.generate(&[prompt.as_str()], &sampled).unwrap().remove(0);
+        let again = llm.generate(&[prompt.as_str()], &sampled).unwrap().remove(0);
+        assert_eq!(out.outputs.len(), 3);
+        for (o, a) in out.outputs.iter().zip(&again.outputs) {
+            let v: Value = serde_json::from_str(&o.text).unwrap_or_else(|e| panic!("{:?}: {e}", o.text));
+            assert!(validator.is_valid(&v), "{:?}", o.text);
+            assert_eq!(o.text, a.text, "seeded sampling not reproducible");
+        }
+        // Steps for one greedy request alone.
+        let before = llm.engine().scheduler_stats().num_steps;
+        llm.generate(&[prompt.as_str()], &json_params(&schema, &SamplingParams::greedy(300))).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        steps.push(llm.engine().scheduler_stats().num_steps - before);
+        texts.push(out.outputs.iter().map(|o| o.text.clone()).collect::<Vec<_>>());
+    }
+    assert!(steps[0] * 3 <= steps[1] * 2, "jump-forward should need far fewer forward passes: {steps:?}");
+}

@@ -193,6 +193,7 @@ pub fn config(num_blocks: usize, block_size: usize, budget: usize, max_num_seqs:
         enable_prefix_caching: true,
         enable_chunked_prefill: true,
         num_lookahead_tokens: 0,
+        jump_forward: true,
     }
 }
 
