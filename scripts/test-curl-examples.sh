@@ -91,6 +91,17 @@ elif name == "chat-logprobs":
     assert content and all(len(t["top_logprobs"]) == 2 and t["logprob"] <= 0 for t in content), v
 elif name == "completion-extras":
     v = body(); assert sorted(c["index"] for c in v["choices"]) == [0, 1], v
+elif name == "json-schema":
+    v = body(); r = json.loads(v["choices"][0]["message"]["content"])
+    assert set(r) == {"city", "population_millions"} and isinstance(r["city"], str), r
+    assert 0 <= r["population_millions"] <= 50, r
+elif name == "choice":
+    v = body(); assert v["choices"][0]["text"] in ("positive", "negative", "neutral"), v
+elif name == "regex":
+    import re
+    v = body(); assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", v["choices"][0]["text"]), v
+elif name == "grammar":
+    v = body(); t = v["choices"][0]["text"]; assert t.startswith("SELECT ") and t.endswith(";"), v
 elif name == "tokenize":
     v = body(); assert v["count"] == len(v["tokens"]) > 0, v
 elif name == "detokenize":

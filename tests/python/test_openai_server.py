@@ -86,7 +86,8 @@ def test_metrics_names(server):
         "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:prompt_tokens_total",
         "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_bucket",
         "vllm:inter_token_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
-        "vllm:num_preemptions_total", "ferrollm:kv_cache_free_blocks",
+        "vllm:num_preemptions_total", "ferrollm:kv_cache_free_blocks", "ferrollm:engine_steps_total",
+        "ferrollm:jump_forward_tokens_total",
     ]:
         assert name in text, name
 

@@ -146,6 +146,13 @@ impl Metrics {
             "counter",
             st.spec_num_accepted_tokens as f64,
         );
+        gauge("ferrollm:engine_steps_total", "Engine steps (forward passes) run.", "counter", st.num_steps as f64);
+        gauge(
+            "ferrollm:jump_forward_tokens_total",
+            "Tokens a grammar forced and jump-forward appended without sampling.",
+            "counter",
+            st.num_jump_forward_tokens as f64,
+        );
         gauge("vllm:prompt_tokens_total", "Prompt tokens processed.", "counter", s.prompt_tokens as f64);
         gauge("vllm:generation_tokens_total", "Tokens generated.", "counter", s.generation_tokens as f64);
         for (i, reason) in ["stop", "length", "abort"].iter().enumerate() {

@@ -110,7 +110,8 @@ fn constrained(so: StructuredOutputsParams, max_tokens: usize) -> SamplingParams
 fn regex_choice_grammar_and_json_object_outputs_match() {
     let llm = llm_with(common::smollm2(), |_| {});
     let e = llm.engine();
-    let cases: Vec<(&str, StructuredOutputsParams, Box<dyn Fn(&str) -> bool>)> = vec![
+    type Check = Box<dyn Fn(&str) -> bool>;
+    let cases: Vec<(&str, StructuredOutputsParams, Check)> = vec![
         (
             "My phone number is",
             StructuredOutputsParams { regex: Some(r"\+1-[0-9]{3}-[0-9]{3}-[0-9]{4}".into()), ..Default::default() },
