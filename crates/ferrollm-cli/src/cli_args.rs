@@ -13,7 +13,7 @@ pub struct EngineFlags {
     #[arg(long, default_value_t = 256)]
     pub max_num_seqs: usize,
     /// Token budget of one step; longer prompts are prefilled in chunks.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = ferrollm_engine::args::DEFAULT_MAX_NUM_BATCHED_TOKENS)]
     pub max_num_batched_tokens: usize,
     /// Tokens per KV-cache block.
     #[arg(long, default_value_t = 16)]
