@@ -134,6 +134,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut args = args;
             args.served_model_name = Some(served.clone());
             let engine = Engine::new(args)?;
+            engine.warm_up_structured_outputs();
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(ferrollm_server::serve(
                 engine,

@@ -113,7 +113,7 @@ struct Inner {
     chat_template: Option<ChatTemplate>,
     eos_token_ids: Vec<u32>,
     max_pending: usize,
-    grammars: GrammarCompiler,
+    grammars: Arc<GrammarCompiler>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -283,7 +283,7 @@ impl Engine {
         }
         let core = EngineCore::new(scheduler, runner);
 
-        let grammars = GrammarCompiler::new(tokenizer.clone(), cfg.vocab_size);
+        let grammars = Arc::new(GrammarCompiler::new(tokenizer.clone(), cfg.vocab_size));
         let (core_tx, core_rx) = mpsc::channel();
         let (event_tx, event_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -506,6 +506,13 @@ impl Engine {
             shared.send_core(CoreRequest::Add(Box::new(r), g));
         }
         Ok(RequestStream { rx, child_ids, shared: shared.clone(), done: false })
+    }
+
+    /// Builds the structured-output token trie in a background thread, so that the first
+    /// constrained request does not wait for it (a server calls this at startup).
+    pub fn warm_up_structured_outputs(&self) {
+        let g = self.inner.grammars.clone();
+        let _ = std::thread::Builder::new().name("grammar-warmup".into()).spawn(move || g.warm_up());
     }
 
     /// A fresh grammar state for `spec`, compiled as a request's would be (for benchmarks

@@ -54,6 +54,12 @@ impl GrammarCompiler {
             .map_err(|e| format!("structured outputs are unavailable for this model: {e}"))
     }
 
+    /// Builds the token trie and parser factory now (they are otherwise built by the first
+    /// constrained request); errors surface again on that request.
+    pub fn warm_up(&self) {
+        let _ = self.factory();
+    }
+
     /// A fresh grammar state for `spec`, or a message saying why it cannot be compiled.
     pub fn compile(&self, spec: &StructuredOutputsParams) -> Result<LlgGrammar, String> {
         spec.check()?;
