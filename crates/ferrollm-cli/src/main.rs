@@ -1,4 +1,4 @@
-//! `ferrollm`: serve, generate, bench and fetch.
+//! `ferrollm`: serve, generate, bench, fetch and cut-layers.
 
 mod bench;
 mod cli_args;
@@ -65,6 +65,18 @@ enum Command {
     Bench {
         #[command(subcommand)]
         kind: bench::BenchKind,
+    },
+    /// Write a GGUF model's first N transformer blocks (with its embeddings, final norm, head
+    /// and tokenizer) as a new GGUF: a draft model with the same vocabulary for
+    /// `--speculative-config '{"method":"draft_model",...}'`.
+    CutLayers {
+        /// GGUF file to cut.
+        input: std::path::PathBuf,
+        /// Where to write the cut model.
+        output: std::path::PathBuf,
+        /// Blocks to keep (the first N).
+        #[arg(long)]
+        keep: usize,
     },
     /// Download a known model into the cache (default: SmolLM2-135M-Instruct).
     Fetch {
@@ -141,5 +153,19 @@ fn run(cli: Cli) -> Result<()> {
             ))
         }
         Command::Bench { kind } => bench::run(kind),
+        Command::CutLayers { input, output, keep } => {
+            let s = ferrollm_models::gguf::cut_layers(&input, &output, keep)?;
+            println!(
+                "{}: {} of {} {} blocks kept, {} tensors written ({:.1} MB), {} dropped",
+                output.display(),
+                s.blocks_after,
+                s.blocks_before,
+                s.architecture,
+                s.tensors_kept,
+                s.bytes_written as f64 / 1e6,
+                s.tensors_dropped
+            );
+            Ok(())
+        }
     }
 }
