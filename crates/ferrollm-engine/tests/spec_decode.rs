@@ -87,7 +87,7 @@ fn greedy_identical(model: PathBuf, specs: &[(&str, usize)], max_tokens: usize) 
 fn greedy_is_token_identical_with_speculation_smollm2() {
     let layer_skip = r#"{"method":"layer_skip","draft_layers":20,"num_speculative_tokens":2}"#;
     let draft = common::cut_draft(&common::smollm2(), 8);
-    let draft_model = common::draft_model_spec(&draft, 3);
+    let draft_model = common::draft_model_spec(&draft, 2);
     let stats = greedy_identical(common::smollm2(), &[(NGRAM, 50), (layer_skip, 50), (&draft_model, 50)], 32);
     // Copying prompts: n-gram lookup must be right often, not just occasionally.
     assert!(stats[0].1 * 4 > stats[0].0, "n-gram acceptance below 25%: {stats:?}");
@@ -96,11 +96,11 @@ fn greedy_is_token_identical_with_speculation_smollm2() {
 
 #[test]
 fn greedy_is_token_identical_with_speculation_qwen() {
-    // The untrained early exit of this model rarely agrees with it (about 1% of drafts), so
-    // layer-skip costs more than it saves here.
     let layer_skip = r#"{"method":"layer_skip","draft_layers":18,"num_speculative_tokens":1}"#;
-    let draft = common::cut_draft(&common::qwen(), 6);
-    let draft_model = common::draft_model_spec(&draft, 2);
+    // Cut to 6 layers this model's drafts are almost never accepted (none of 1,350 on these
+    // prompts); 12 layers get a few percent, enough to exercise acceptance.
+    let draft = common::cut_draft(&common::qwen(), 12);
+    let draft_model = common::draft_model_spec(&draft, 1);
     greedy_identical(common::qwen(), &[(NGRAM, 50), (layer_skip, 50), (&draft_model, 50)], 16);
     let _ = std::fs::remove_dir_all(draft.parent().unwrap());
 }
@@ -216,4 +216,43 @@ fn stops_max_tokens_logprobs_and_opt_out_with_speculation() {
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
+}
+
+/// A draft cut to the target's first N layers computes exactly what layer-skip with N layers
+/// computes, so it must propose (and get accepted) exactly the same drafts, greedy or seeded
+/// sampling: this checks the draft model's own KV cache, kept in sync beside the target's,
+/// position by position, after rejections and across prefix-cache hits, and that sampled
+/// drafts carry the right draft probabilities into rejection sampling (layer-skip's path, which
+/// the distribution test in `runner/spec_decode.rs` covers).
+#[test]
+fn draft_model_cut_to_n_layers_drafts_exactly_what_layer_skip_n_drafts() {
+    let prompts = copy_prompts(6);
+    let greedy = SamplingParams::greedy(20);
+    let sampled =
+        SamplingParams { temperature: 0.8, top_p: 0.95, seed: Some(5), max_tokens: Some(20), ..Default::default() };
+    let layer_skip = r#"{"method":"layer_skip","draft_layers":20,"num_speculative_tokens":3}"#;
+    let draft = common::cut_draft(&common::smollm2(), 20);
+    let draft_model = common::draft_model_spec(&draft, 3);
+    let run = |spec: &str| {
+        let l = llm(common::smollm2(), Some(spec));
+        let a = token_ids(&l.generate(&prompts, &greedy).unwrap());
+        // Again: now the prompts come from the prefix cache.
+        assert_eq!(a, token_ids(&l.generate(&prompts, &greedy).unwrap()));
+        let b = token_ids(&l.generate(&prompts, &sampled).unwrap());
+        let st = l.engine().scheduler_stats();
+        assert!(st.prefix_cache_hits > 0, "{spec}: no prefix-cache hit");
+        (
+            a,
+            b,
+            st.spec_num_drafts,
+            st.spec_num_draft_tokens,
+            st.spec_num_accepted_tokens,
+            st.spec_num_accepted_tokens_per_pos,
+        )
+    };
+    let (ls, dm) = (run(layer_skip), run(&draft_model));
+    eprintln!("layer_skip: {:?}\ndraft_model: {:?}", (ls.2, ls.3, ls.4), (dm.2, dm.3, dm.4));
+    assert!(ls.4 > 0, "layer-skip accepted nothing: {:?}", (ls.2, ls.3, ls.4));
+    assert_eq!(ls, dm);
+    let _ = std::fs::remove_dir_all(draft.parent().unwrap());
 }
