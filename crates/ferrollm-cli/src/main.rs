@@ -169,3 +169,44 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_layers_arguments() {
+        let cli = Cli::try_parse_from(["ferrollm", "cut-layers", "in.gguf", "out.gguf", "--keep", "8"]).unwrap();
+        match cli.command {
+            Command::CutLayers { input, output, keep } => {
+                assert_eq!((input.to_str(), output.to_str(), keep), (Some("in.gguf"), Some("out.gguf"), 8));
+            }
+            _ => panic!("parsed as another command"),
+        }
+        let err = Cli::try_parse_from(["ferrollm", "cut-layers", "in.gguf", "out.gguf"]).err().unwrap().to_string();
+        assert!(err.contains("--keep"), "{err}");
+        let err =
+            Cli::try_parse_from(["ferrollm", "cut-layers", "a", "b", "--keep", "many"]).err().unwrap().to_string();
+        assert!(err.contains("many"), "{err}");
+    }
+
+    #[test]
+    fn cut_layers_reports_bad_input() {
+        let dir = std::env::temp_dir().join(format!("ferrollm-cli-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.gguf");
+        std::fs::write(&bad, b"GGUF but not really a model file, too short").unwrap();
+        let cli = Cli::try_parse_from([
+            "ferrollm".as_ref(),
+            "cut-layers".as_ref(),
+            bad.as_os_str(),
+            dir.join("out.gguf").as_os_str(),
+            "--keep".as_ref(),
+            "2".as_ref(),
+        ])
+        .unwrap();
+        let err = format!("{:#}", run(cli).unwrap_err());
+        assert!(err.contains("bad.gguf") && err.contains("not a valid GGUF"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
