@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use ferrollm_engine::{Engine, PromptInput, SamplingParams};
+use ferrollm_engine::{ChatMessage, Engine, PromptInput, SamplingParams};
 use rand::{Rng, SeedableRng};
 
 use crate::cli_args::EngineFlags;
@@ -52,6 +52,11 @@ pub struct LatencyArgs {
     /// hit the prefix cache unless --no-enable-prefix-caching.
     #[arg(long, conflicts_with = "copy_prompt")]
     prompt_file: Option<String>,
+    /// Ordinary chat prompts: short user questions from a built-in list, rendered with the
+    /// model's chat template (--input-len is then ignored), for draft-model and layer-skip
+    /// speculation. Questions repeat across iterations, so prefill figures see prefix-cache hits.
+    #[arg(long, conflicts_with_all = ["copy_prompt", "prompt_file"])]
+    chat_prompts: bool,
     /// Write results as JSON here.
     #[arg(long)]
     output_json: Option<String>,
@@ -123,6 +128,42 @@ fn print_spec_stats(engine: &Engine) -> Option<serde_json::Value> {
     }))
 }
 
+/// Ordinary chat questions for `--chat-prompts` (nothing in them invites copying).
+const CHAT_QUESTIONS: [&str; 32] = [
+    "What is the capital of France?",
+    "Explain photosynthesis in simple terms.",
+    "Give me three tips for sleeping better.",
+    "Why is the sky blue?",
+    "Write a short poem about the sea.",
+    "How do I make a cup of green tea?",
+    "What are the benefits of regular exercise?",
+    "Summarize the plot of Romeo and Juliet.",
+    "What is the difference between a virus and a bacterium?",
+    "How does a refrigerator keep food cold?",
+    "Suggest a name for a friendly robot.",
+    "What should I pack for a weekend hiking trip?",
+    "Explain what a black hole is.",
+    "How can I improve my handwriting?",
+    "What is machine learning?",
+    "Describe a typical day of a beekeeper.",
+    "Why do leaves change colour in autumn?",
+    "Give me a recipe for a simple tomato soup.",
+    "What is the tallest mountain in the world?",
+    "How do airplanes stay in the air?",
+    "Write a two-sentence story about a lost key.",
+    "What are good habits for learning a new language?",
+    "Explain the water cycle.",
+    "Why do cats purr?",
+    "What is the Pythagorean theorem?",
+    "How should I prepare for a job interview?",
+    "What causes earthquakes?",
+    "Describe the taste of a lemon to someone who never had one.",
+    "What is the difference between weather and climate?",
+    "How do vaccines work?",
+    "Give me an idea for a birthday present for my sister.",
+    "Explain how a bicycle works.",
+];
+
 fn params(max_tokens: usize) -> SamplingParams {
     SamplingParams { temperature: 0.0, ignore_eos: true, max_tokens: Some(max_tokens), ..Default::default() }
 }
@@ -167,9 +208,31 @@ fn latency(a: LatencyArgs) -> Result<()> {
         }
         None => None,
     };
-    let input_len = file_prompt.as_ref().map_or(a.input_len, |p| p.len());
-    let make = |rng: &mut rand::rngs::StdRng| match &file_prompt {
+    let chat = if a.chat_prompts {
+        CHAT_QUESTIONS
+            .iter()
+            .map(|q| {
+                let text = engine.apply_chat_template(&[ChatMessage::new("user", *q)], true)?;
+                Ok(engine.tokenize(&text, false)?)
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let input_len = match &file_prompt {
+        Some(p) => p.len(),
+        None if a.chat_prompts => chat.iter().map(Vec::len).sum::<usize>() / chat.len(),
+        None => a.input_len,
+    };
+    let mut next_chat = 0;
+    let mut make = |rng: &mut rand::rngs::StdRng| match &file_prompt {
         Some(p) => vec![p.clone(); a.batch_size],
+        None if a.chat_prompts => (0..a.batch_size)
+            .map(|_| {
+                next_chat += 1;
+                chat[(next_chat - 1) % chat.len()].clone()
+            })
+            .collect(),
         None if a.copy_prompt => copy_prompts(rng, info.vocab_size, a.batch_size, a.input_len),
         None => random_prompts(rng, info.vocab_size, a.batch_size, a.input_len),
     };
@@ -191,8 +254,12 @@ fn latency(a: LatencyArgs) -> Result<()> {
     let (p, d, t) = (median(&mut prefill), median(&mut decode), median(&mut total));
     println!("model: {} ({} threads)", info.model_description, ferrollm_kernels_threads());
     println!(
-        "batch {} · input {} · output {} · {} iterations (medians)",
-        a.batch_size, input_len, a.output_len, a.num_iters
+        "batch {} · input {}{} · output {} · {} iterations (medians)",
+        a.batch_size,
+        input_len,
+        if a.chat_prompts { " (mean, chat prompts)" } else { "" },
+        a.output_len,
+        a.num_iters
     );
     println!("prefill throughput: {p:.1} tok/s");
     println!("decode throughput:  {d:.1} tok/s ({:.2} ms/step)", 1000.0 * a.batch_size as f64 / d);

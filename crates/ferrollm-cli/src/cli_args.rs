@@ -41,7 +41,9 @@ pub struct EngineFlags {
     pub max_pending_requests: usize,
     /// Speculative decoding as JSON, e.g.
     /// '{"method":"ngram","num_speculative_tokens":4,"prompt_lookup_min":2,"prompt_lookup_max":5}'
-    /// or '{"method":"layer_skip","draft_layers":8,"num_speculative_tokens":3}'.
+    /// '{"method":"layer_skip","draft_layers":8,"num_speculative_tokens":3}'
+    /// or '{"method":"draft_model","model":"draft.gguf","num_speculative_tokens":3}'
+    /// (a same-vocabulary draft, e.g. from `ferrollm cut-layers`).
     #[arg(long)]
     pub speculative_config: Option<String>,
     /// Structured outputs: sample every token, even those a grammar forces (turns

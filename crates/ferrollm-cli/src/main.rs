@@ -1,4 +1,4 @@
-//! `ferrollm`: serve, generate, bench and fetch.
+//! `ferrollm`: serve, generate, bench, fetch and cut-layers.
 
 mod bench;
 mod cli_args;
@@ -65,6 +65,18 @@ enum Command {
     Bench {
         #[command(subcommand)]
         kind: bench::BenchKind,
+    },
+    /// Write a GGUF model's first N transformer blocks (with its embeddings, final norm, head
+    /// and tokenizer) as a new GGUF: a draft model with the same vocabulary for
+    /// `--speculative-config '{"method":"draft_model",...}'`.
+    CutLayers {
+        /// GGUF file to cut.
+        input: std::path::PathBuf,
+        /// Where to write the cut model.
+        output: std::path::PathBuf,
+        /// Blocks to keep (the first N).
+        #[arg(long)]
+        keep: usize,
     },
     /// Download a known model into the cache (default: SmolLM2-135M-Instruct).
     Fetch {
@@ -142,5 +154,60 @@ fn run(cli: Cli) -> Result<()> {
             ))
         }
         Command::Bench { kind } => bench::run(kind),
+        Command::CutLayers { input, output, keep } => {
+            let s = ferrollm_models::gguf::cut_layers(&input, &output, keep)?;
+            println!(
+                "{}: {} of {} {} blocks kept, {} tensors written ({:.1} MB), {} dropped",
+                output.display(),
+                s.blocks_after,
+                s.blocks_before,
+                s.architecture,
+                s.tensors_kept,
+                s.bytes_written as f64 / 1e6,
+                s.tensors_dropped
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_layers_arguments() {
+        let cli = Cli::try_parse_from(["ferrollm", "cut-layers", "in.gguf", "out.gguf", "--keep", "8"]).unwrap();
+        match cli.command {
+            Command::CutLayers { input, output, keep } => {
+                assert_eq!((input.to_str(), output.to_str(), keep), (Some("in.gguf"), Some("out.gguf"), 8));
+            }
+            _ => panic!("parsed as another command"),
+        }
+        let err = Cli::try_parse_from(["ferrollm", "cut-layers", "in.gguf", "out.gguf"]).err().unwrap().to_string();
+        assert!(err.contains("--keep"), "{err}");
+        let err =
+            Cli::try_parse_from(["ferrollm", "cut-layers", "a", "b", "--keep", "many"]).err().unwrap().to_string();
+        assert!(err.contains("many"), "{err}");
+    }
+
+    #[test]
+    fn cut_layers_reports_bad_input() {
+        let dir = std::env::temp_dir().join(format!("ferrollm-cli-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.gguf");
+        std::fs::write(&bad, b"GGUF but not really a model file, too short").unwrap();
+        let cli = Cli::try_parse_from([
+            "ferrollm".as_ref(),
+            "cut-layers".as_ref(),
+            bad.as_os_str(),
+            dir.join("out.gguf").as_os_str(),
+            "--keep".as_ref(),
+            "2".as_ref(),
+        ])
+        .unwrap();
+        let err = format!("{:#}", run(cli).unwrap_err());
+        assert!(err.contains("bad.gguf") && err.contains("not a valid GGUF"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -13,7 +13,7 @@ use ferrollm_core::{
     EngineCoreOutput, FinishReason, Request, RequestId, SamplingParams, Scheduler, SchedulerConfig, SchedulerStats,
     StructuredOutputGrammar, TokenLogprobs,
 };
-use ferrollm_kernels::CpuBackend;
+use ferrollm_kernels::{Backend, CpuBackend};
 use ferrollm_models::{load_model, KvCache, Tokenizer};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -22,9 +22,11 @@ use crate::detokenizer::IncrementalDetokenizer;
 use crate::engine_core::{CoreEvent, CoreRequest, EngineCore};
 use crate::metrics::Metrics;
 use crate::outputs::{CompletionOutput, RequestOutput};
+use crate::runner::draft_model::DraftModel;
 use crate::runner::ModelRunner;
 use crate::structured::GrammarCompiler;
 use crate::{EngineArgs, EngineError};
+use crate::{SpeculativeConfig, SpeculativeMethod};
 
 /// A prompt as text or as token ids.
 #[derive(Debug, Clone)]
@@ -201,12 +203,25 @@ impl Drop for RequestStream {
 impl Engine {
     /// Loads the model and starts the engine-core and output threads.
     pub fn new(args: EngineArgs) -> Result<Engine, EngineError> {
-        let loaded = load_model(&args.model, Arc::new(CpuBackend::new()))?;
+        let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new());
+        let loaded = load_model(&args.model, backend.clone())?;
         let model = loaded.model;
         let tokenizer = Arc::new(loaded.tokenizer);
         let cfg = model.config.clone();
         let max_model_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings).min(cfg.max_position_embeddings);
-        let per_block = KvCache::bytes_per_block(&cfg, args.block_size);
+        if let Some(spec) = &args.speculative_config {
+            spec.check().map_err(EngineError::Config)?;
+        }
+        // A draft model has its own KV cache over the same blocks: budget both together.
+        let draft = match &args.speculative_config {
+            Some(SpeculativeConfig { method: SpeculativeMethod::DraftModel { model }, .. }) => Some(
+                DraftModel::load(std::path::Path::new(model), backend.clone(), &cfg, max_model_len)
+                    .map_err(EngineError::Config)?,
+            ),
+            _ => None,
+        };
+        let per_block = KvCache::bytes_per_block(&cfg, args.block_size)
+            + draft.as_ref().map_or(0, |d| d.bytes_per_block(args.block_size));
         let num_blocks = args.kv_cache_memory / per_block;
         if num_blocks < 2 {
             return Err(EngineError::Config(format!(
@@ -264,15 +279,32 @@ impl Engine {
             num_blocks,
             enable_prefix_caching: args.enable_prefix_caching,
             enable_chunked_prefill: args.enable_chunked_prefill,
-            // A layer-skip drafter writes KV at the draft positions before they are scheduled.
+            // Layer-skip and draft-model drafters write KV at the draft positions before they
+            // are scheduled.
             num_lookahead_tokens: match &args.speculative_config {
-                Some(c) if matches!(c.method, crate::SpeculativeMethod::LayerSkip { .. }) => c.num_speculative_tokens,
+                Some(c)
+                    if matches!(
+                        c.method,
+                        SpeculativeMethod::LayerSkip { .. } | SpeculativeMethod::DraftModel { .. }
+                    ) =>
+                {
+                    c.num_speculative_tokens
+                }
                 _ => 0,
             },
             jump_forward: args.jump_forward,
         });
         let sampleable = tokenizer.vocab_size().min(cfg.vocab_size);
         let mut runner = ModelRunner::new(model, num_blocks, args.block_size, eos_token_ids.clone(), sampleable);
+        if let Some(d) = draft {
+            tracing::info!(
+                "draft model {} · {} layers · {:.1} MB of weights",
+                d.description(),
+                d.num_layers(),
+                d.weight_bytes() as f64 / 1e6
+            );
+            runner = runner.with_draft_model(d);
+        }
         if let Some(spec) = &args.speculative_config {
             runner = runner.with_speculation(spec).map_err(EngineError::Config)?;
             tracing::info!(

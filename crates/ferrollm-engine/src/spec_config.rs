@@ -65,12 +65,20 @@ impl SpeculativeConfig {
                 (SpeculativeMethod::DraftModel { model }, num_speculative_tokens)
             }
         };
+        let cfg = SpeculativeConfig { method, num_speculative_tokens: k };
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks the fields that do not depend on the model (configs built in code skip `parse`).
+    pub fn check(&self) -> Result<(), String> {
+        let k = self.num_speculative_tokens;
         if k == 0 || k > MAX_SPECULATIVE_TOKENS {
             return Err(format!(
                 "invalid --speculative-config: num_speculative_tokens must be in 1..={MAX_SPECULATIVE_TOKENS}, got {k}"
             ));
         }
-        Ok(SpeculativeConfig { method, num_speculative_tokens: k })
+        Ok(())
     }
 
     pub fn method_name(&self) -> &'static str {

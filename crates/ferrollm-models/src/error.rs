@@ -20,6 +20,11 @@ pub enum ModelError {
     BadShape { name: String, got: Vec<usize>, want: Vec<usize> },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    /// A tool was asked for something this model cannot give (e.g. cutting more layers than it has).
+    #[error("{0}")]
+    InvalidRequest(String),
     #[error(transparent)]
     Kernel(#[from] ferrollm_kernels::KernelError),
 }

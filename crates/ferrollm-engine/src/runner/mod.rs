@@ -4,6 +4,7 @@
 //! request's first step until the scheduler reports it finished, including across
 //! preemptions, so a seed gives the same tokens whatever happens around it.
 
+pub mod draft_model;
 pub mod sampler;
 pub mod spec_decode;
 
@@ -43,8 +44,19 @@ impl RequestState {
 /// The drafter run after each step (speculative decoding).
 #[derive(Debug, Clone, Copy)]
 enum Drafter {
-    Ngram { min_n: usize, max_n: usize, k: usize },
-    LayerSkip { layers: usize, k: usize },
+    Ngram {
+        min_n: usize,
+        max_n: usize,
+        k: usize,
+    },
+    LayerSkip {
+        layers: usize,
+        k: usize,
+    },
+    /// A separate draft model (`draft_model.rs`), held in `ModelRunner::draft`.
+    DraftModel {
+        k: usize,
+    },
 }
 
 pub struct ModelRunner {
@@ -56,6 +68,7 @@ pub struct ModelRunner {
     sampleable_vocab: usize,
     states: HashMap<RequestId, RequestState>,
     drafter: Option<Drafter>,
+    draft: Option<draft_model::DraftModel>,
 }
 
 /// The logits a token is chosen from at a position whose history is `prompt` + `output`:
@@ -102,7 +115,7 @@ impl ModelRunner {
         sampleable_vocab: usize,
     ) -> ModelRunner {
         let kv = KvCache::new(&model.config, num_blocks, block_size);
-        ModelRunner { model, kv, eos_token_ids, sampleable_vocab, states: HashMap::new(), drafter: None }
+        ModelRunner { model, kv, eos_token_ids, sampleable_vocab, states: HashMap::new(), drafter: None, draft: None }
     }
 
     /// Turns on speculative decoding; refuses a config this model cannot run.
@@ -121,11 +134,11 @@ impl ModelRunner {
                 }
                 Drafter::LayerSkip { layers: *draft_layers, k }
             }
-            SpeculativeMethod::DraftModel { .. } => {
-                return Err(
-                    "--speculative-config method \"draft_model\" is not supported yet; use \"ngram\" or \"layer_skip\""
-                        .into(),
-                )
+            SpeculativeMethod::DraftModel { model } => {
+                if self.draft.is_none() {
+                    return Err(format!("draft model {model} was not loaded (ModelRunner::with_draft_model)"));
+                }
+                Drafter::DraftModel { k }
             }
         });
         Ok(self)
@@ -282,6 +295,9 @@ impl ModelRunner {
         }
         if let Some(Drafter::LayerSkip { layers, k }) = self.drafter {
             self.draft_layer_skip(out, layers, k, &mut result);
+        }
+        if let Some(Drafter::DraftModel { k }) = self.drafter {
+            self.draft_with_model(out, k, &mut result);
         }
         result
     }

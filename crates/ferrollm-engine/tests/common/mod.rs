@@ -20,3 +20,25 @@ pub fn smollm2() -> PathBuf {
 pub fn qwen() -> PathBuf {
     model_path("qwen2.5-coder-0.5b-instruct.Q4_K_M.gguf")
 }
+
+/// `model` cut to its first `keep` blocks with `ferrollm cut-layers`' code, written into a
+/// fresh temp dir: a draft model with the same vocabulary.
+pub fn cut_draft(model: &std::path::Path, keep: usize) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ferrollm-engine-test-{}-{}-draft",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let out = dir.join(format!("draft-{keep}.gguf"));
+    ferrollm_models::gguf::cut_layers(model, &out, keep).expect("cut-layers");
+    out
+}
+
+/// A draft_model `--speculative-config` for `path` with `k` draft tokens.
+pub fn draft_model_spec(path: &std::path::Path, k: usize) -> String {
+    serde_json::json!({"method": "draft_model", "model": path, "num_speculative_tokens": k}).to_string()
+}

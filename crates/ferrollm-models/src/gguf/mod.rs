@@ -5,6 +5,7 @@
 //! views without further checks. Tensor data is never copied: [`TensorData::bytes`] is a view
 //! into the one shared mapping.
 
+pub mod cut;
 mod parse;
 mod reader;
 pub mod value;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use ferrollm_kernels::{Bytes, DType};
 
+pub use cut::{cut_layers, CutSummary};
 pub use value::{MetadataArray, MetadataValue};
 pub use writer::GgufWriter;
 
@@ -282,6 +284,12 @@ impl GgufFile {
 
     pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The raw stored bytes of a tensor of this file (any type, loadable or not).
+    pub fn tensor_bytes(&self, info: &GgufTensorInfo) -> Option<&[u8]> {
+        let (start, len) = info.data_range?;
+        (*self.data).as_ref().get(start..start.checked_add(len)?)
     }
 }
 
