@@ -10,6 +10,12 @@ use crate::{QMatrix, ThreadPool};
 pub trait Backend: Send + Sync {
     /// `out = x · Wᵀ` for `n` rows of `x`.
     fn matmul(&self, w: &QMatrix, x: &[f32], n: usize, out: &mut [f32]);
+    /// `outs[i] = x · ws[i]ᵀ` for matrices that read the same `x` (fused Q/K/V, gate/up).
+    fn matmul_many(&self, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(w, x, n, out);
+        }
+    }
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]);
     fn rope(&self, table: &RopeTable, x: &mut [f32], positions: &[u32], n_heads: usize, style: RopeStyle);
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]);
@@ -51,6 +57,9 @@ impl Default for CpuBackend {
 impl Backend for CpuBackend {
     fn matmul(&self, w: &QMatrix, x: &[f32], n: usize, out: &mut [f32]) {
         w.matmul(self.pool, x, n, out)
+    }
+    fn matmul_many(&self, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+        crate::quant::matmul_many(self.pool, ws, x, n, outs)
     }
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         ops::rms_norm(x, weight, eps, out)

@@ -203,9 +203,8 @@ impl LlamaModel {
 
         for (layer, (kc, vc)) in self.layers.iter().zip(kv.layers.iter_mut()).take(num_layers) {
             be.rms_norm(&x, &layer.attn_norm, c.rms_norm_eps, &mut xn);
-            be.matmul(&layer.wq, &xn, n, &mut q);
-            be.matmul(&layer.wk, &xn, n, &mut k);
-            be.matmul(&layer.wv, &xn, n, &mut v);
+            // One dispatch for Q, K and V (they share the input and, usually, the dtype).
+            be.matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &xn, n, &mut [&mut q, &mut k, &mut v]);
             if let (Some(bq), Some(bk), Some(bv)) = (&layer.bq, &layer.bk, &layer.bv) {
                 ferrollm_kernels::ops::add_bias(&mut q, bq);
                 ferrollm_kernels::ops::add_bias(&mut k, bk);
@@ -220,8 +219,7 @@ impl LlamaModel {
             be.add_inplace(&mut x, &o);
 
             be.rms_norm(&x, &layer.ffn_norm, c.rms_norm_eps, &mut xn);
-            be.matmul(&layer.w_gate, &xn, n, &mut gate);
-            be.matmul(&layer.w_up, &xn, n, &mut up);
+            be.matmul_many(&[&layer.w_gate, &layer.w_up], &xn, n, &mut [&mut gate, &mut up]);
             be.silu_mul(&mut gate, &up);
             be.matmul(&layer.w_down, &gate, n, &mut o);
             be.add_inplace(&mut x, &o);
