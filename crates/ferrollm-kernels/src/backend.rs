@@ -3,7 +3,7 @@
 //! Model code calls these operations and never a SIMD routine directly, so a second backend
 //! (CUDA) can later implement the same trait over device buffers.
 
-use crate::attention::{self, AttentionSeq, PagedKv};
+use crate::attention::{self, AttentionSeq, KvMut, PagedKv};
 use crate::ops::{self, RopeStyle, RopeTable};
 use crate::{QMatrix, ThreadPool};
 
@@ -20,7 +20,8 @@ pub trait Backend: Send + Sync {
     fn rope(&self, table: &RopeTable, x: &mut [f32], positions: &[u32], n_heads: usize, style: RopeStyle);
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]);
     fn add_inplace(&self, x: &mut [f32], y: &[f32]);
-    fn write_kv(&self, k_cache: &mut [f32], v_cache: &mut [f32], k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize);
+    /// Stores K and V rows (`[tokens, kv_dim]`) in their cache slots.
+    fn write_kv(&self, cache: KvMut, k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize);
     #[allow(clippy::too_many_arguments)]
     fn paged_attention(
         &self,
@@ -73,8 +74,8 @@ impl Backend for CpuBackend {
     fn add_inplace(&self, x: &mut [f32], y: &[f32]) {
         ops::add_inplace(x, y)
     }
-    fn write_kv(&self, k_cache: &mut [f32], v_cache: &mut [f32], k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize) {
-        attention::write_kv(k_cache, v_cache, k, v, slots, kv_dim)
+    fn write_kv(&self, cache: KvMut, k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize) {
+        attention::write_kv(cache, k, v, slots, kv_dim)
     }
     fn paged_attention(
         &self,

@@ -112,7 +112,7 @@ fn run<A, D>(
     let sub = if n <= TILE { chunk } else { (WEIGHT_BLOCK_BYTES / rb).clamp(1, chunk) };
     let act_bytes = apr * std::mem::size_of::<A>();
     let token_block = (TOKEN_BLOCK_BYTES / act_bytes.max(1)).max(TILE) / TILE * TILE;
-    let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(&mut **o)).collect();
+    let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
         let (m, r0, r1) = tasks[task];
         let (weights, rows, out) = (ws[m].bytes(), ws[m].rows, &outs[m]);
