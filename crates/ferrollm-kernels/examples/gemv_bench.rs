@@ -316,6 +316,20 @@ fn main() {
                         m.matmul(&pools[1], &xs[..n * m.cols], n, &mut out[..n * m.rows]);
                     }
                 });
+                // The same with Q/K/V and gate/up fused (`matmul_many`), as the model runs them.
+                let mut outs = vec![0f32; 2 * n * 1536];
+                let tf = median_time(Duration::from_millis(if n == 512 { 2000 } else { 500 }), reps, |_| {
+                    for l in mats.chunks_exact(7) {
+                        let (a, b) = outs.split_at_mut(n * 1536);
+                        let (ko, vo) = b[..n * 384].split_at_mut(n * 192);
+                        let qo = &mut a[..n * 576];
+                        quant::matmul_many(&pools[1], &[&l[0], &l[1], &l[2]], &xs[..n * 576], n, &mut [qo, ko, vo]);
+                        l[3].matmul(&pools[1], &xs[..n * 576], n, &mut out[..n * 576]);
+                        let (g, u) = outs.split_at_mut(n * 1536);
+                        quant::matmul_many(&pools[1], &[&l[4], &l[5]], &xs[..n * 576], n, &mut [g, &mut u[..n * 1536]]);
+                        l[6].matmul(&pools[1], &xs[..n * 1536], n, &mut out[..n * 576]);
+                    }
+                });
                 let th = median_time(Duration::from_millis(200), 5, |_| {
                     head.matmul(&pools[1], &xs[..576], 1, &mut vec![0f32; 49152])
                 });
@@ -330,7 +344,7 @@ fn main() {
                 if n == 1 {
                     print!(", layer weights {:.1} GB/s", bytes as f64 / t / 1e9);
                 }
-                println!();
+                println!("; fused QKV + gate/up: layers {:>7.2} ms ({:.3}x)", tf * 1e3, t / tf);
             }
         }
     }

@@ -4,14 +4,78 @@
 //! query `i` sits at position `context_len - query_len + i` and attends causally to every
 //! earlier position, reading keys and values through the sequence's block table.
 
-use crate::ops::{axpy, dot};
+use crate::ops::{axpy, axpy_f16, dot, dot_f16, f32_to_f16_row};
 use crate::threadpool::DisjointSlice;
 use crate::ThreadPool;
 
-/// One layer's KV cache, `[num_blocks, block_size, n_kv_heads, head_dim]` for K and for V.
+/// Element type of a KV cache: `f32`, or f16 stored as its IEEE half bits (`u16`, llama.cpp's
+/// default KV type: half the memory and attention traffic).
+pub trait KvElem: Copy + Default + Send + Sync + 'static {
+    /// Writes `x` into `out` in this type.
+    fn store(x: &[f32], out: &mut [Self]);
+    /// `q · k`.
+    fn dot(q: &[f32], k: &[Self]) -> f32;
+    /// `out += a * v`.
+    fn axpy(a: f32, v: &[Self], out: &mut [f32]);
+    /// `x` as the attention arithmetic sees it for this cache type. For f16 caches the query and
+    /// the softmax weights are rounded to f16 as well, as in llama.cpp's f16-KV attention
+    /// (ggml converts the f32 operand of an f16 matmul to f16): then our numerics follow the
+    /// reference implementation's, not just its storage.
+    fn operand(x: f32) -> f32;
+}
+
+impl KvElem for f32 {
+    fn store(x: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(x);
+    }
+    #[inline]
+    fn dot(q: &[f32], k: &[f32]) -> f32 {
+        dot(q, k)
+    }
+    #[inline]
+    fn axpy(a: f32, v: &[f32], out: &mut [f32]) {
+        axpy(a, v, out)
+    }
+    #[inline]
+    fn operand(x: f32) -> f32 {
+        x
+    }
+}
+
+impl KvElem for u16 {
+    fn store(x: &[f32], out: &mut [u16]) {
+        f32_to_f16_row(x, out);
+    }
+    #[inline]
+    fn dot(q: &[f32], k: &[u16]) -> f32 {
+        dot_f16(q, k)
+    }
+    #[inline]
+    fn axpy(a: f32, v: &[u16], out: &mut [f32]) {
+        axpy_f16(a, v, out)
+    }
+    #[inline]
+    fn operand(x: f32) -> f32 {
+        half::f16::from_f32(x).to_f32()
+    }
+}
+
+/// One layer's K and V, each `[num_blocks, block_size, n_kv_heads, head_dim]`.
+#[derive(Clone, Copy)]
+pub enum KvRef<'a> {
+    F32 { k: &'a [f32], v: &'a [f32] },
+    F16 { k: &'a [u16], v: &'a [u16] },
+}
+
+/// [`KvRef`], writable.
+pub enum KvMut<'a> {
+    F32 { k: &'a mut [f32], v: &'a mut [f32] },
+    F16 { k: &'a mut [u16], v: &'a mut [u16] },
+}
+
+/// One layer's paged KV cache with its geometry.
 pub struct PagedKv<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub data: KvRef<'a>,
     pub block_size: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
@@ -29,10 +93,16 @@ pub struct AttentionSeq<'a> {
 }
 
 /// Writes `k`/`v` rows (`[tokens, n_kv_heads * head_dim]`) into their cache slots.
-pub fn write_kv(k_cache: &mut [f32], v_cache: &mut [f32], k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize) {
-    for (t, &slot) in slots.iter().enumerate() {
-        k_cache[slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
-        v_cache[slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
+pub fn write_kv(cache: KvMut, k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize) {
+    fn write<E: KvElem>(kc: &mut [E], vc: &mut [E], k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize) {
+        for (t, &slot) in slots.iter().enumerate() {
+            E::store(&k[t * kv_dim..(t + 1) * kv_dim], &mut kc[slot * kv_dim..(slot + 1) * kv_dim]);
+            E::store(&v[t * kv_dim..(t + 1) * kv_dim], &mut vc[slot * kv_dim..(slot + 1) * kv_dim]);
+        }
+    }
+    match cache {
+        KvMut::F32 { k: kc, v: vc } => write(kc, vc, k, v, slots, kv_dim),
+        KvMut::F16 { k: kc, v: vc } => write(kc, vc, k, v, slots, kv_dim),
     }
 }
 
@@ -49,9 +119,28 @@ pub fn paged_attention(
     scale: f32,
     out: &mut [f32],
 ) {
-    let hd = kv.head_dim;
-    let group = n_heads / kv.n_kv_heads;
-    let kv_dim = kv.n_kv_heads * hd;
+    match kv.data {
+        KvRef::F32 { k, v } => attention::<f32>(pool, q, k, v, kv, seqs, n_heads, scale, out),
+        KvRef::F16 { k, v } => attention::<u16>(pool, q, k, v, kv, seqs, n_heads, scale, out),
+    }
+}
+
+/// [`paged_attention`] for one cache element type (`geo` gives the geometry).
+#[allow(clippy::too_many_arguments)]
+fn attention<E: KvElem>(
+    pool: &ThreadPool,
+    q: &[f32],
+    kc: &[E],
+    vc: &[E],
+    geo: &PagedKv,
+    seqs: &[AttentionSeq],
+    n_heads: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let (hd, bs) = (geo.head_dim, geo.block_size);
+    let group = n_heads / geo.n_kv_heads;
+    let kv_dim = geo.n_kv_heads * hd;
     // Tasks are (token, head) pairs in batch order.
     let mut token_seq = Vec::new();
     for (s, seq) in seqs.iter().enumerate() {
@@ -63,25 +152,31 @@ pub fn paged_attention(
     let out = DisjointSlice::new(out);
     let chunk = n_tasks.div_ceil(pool.num_threads() * 4).max(1);
     pool.run(n_tasks.div_ceil(chunk), |c| {
-        let mut scores = Vec::new();
+        let (mut scores, mut qr) = (Vec::new(), vec![0f32; hd]);
         for task in c * chunk..((c + 1) * chunk).min(n_tasks) {
             let (s, t, pos) = token_seq[task / n_heads];
             let h = task % n_heads;
             let kvh = h / group;
             let seq = &seqs[s];
-            let qv = &q[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd];
+            for (r, &x) in qr.iter_mut().zip(&q[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd]) {
+                *r = E::operand(x);
+            }
+            let qv = &qr[..];
             // SAFETY: each task owns the distinct (token, head) row of `out`.
             let o = unsafe { out.part((t * n_heads + h) * hd, hd) };
-            attend_one(qv, kv, seq.block_table, pos + 1, kvh, kv_dim, scale, &mut scores, o);
+            attend_one(qv, kc, vc, bs, hd, seq.block_table, pos + 1, kvh, kv_dim, scale, &mut scores, o);
         }
     });
 }
 
 /// One query head over `n_ctx` cached positions: two passes (scores, then weighted values).
 #[allow(clippy::too_many_arguments)]
-fn attend_one(
+fn attend_one<E: KvElem>(
     q: &[f32],
-    kv: &PagedKv,
+    kc: &[E],
+    vc: &[E],
+    bs: usize,
+    hd: usize,
     block_table: &[u32],
     n_ctx: usize,
     kvh: usize,
@@ -90,14 +185,12 @@ fn attend_one(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let hd = kv.head_dim;
-    let bs = kv.block_size;
     scores.clear();
     let mut max = f32::NEG_INFINITY;
     for p in 0..n_ctx {
         let slot = block_table[p / bs] as usize * bs + p % bs;
-        let k = &kv.k[slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd];
-        let s = dot(q, k) * scale;
+        let k = &kc[slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd];
+        let s = E::dot(q, k) * scale;
         max = max.max(s);
         scores.push(s);
     }
@@ -109,8 +202,8 @@ fn attend_one(
     out.fill(0.0);
     for (p, &w) in scores.iter().enumerate() {
         let slot = block_table[p / bs] as usize * bs + p % bs;
-        let v = &kv.v[slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd];
-        axpy(w / sum, v, out);
+        let v = &vc[slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd];
+        E::axpy(E::operand(w / sum), v, out);
     }
 }
 
@@ -119,23 +212,34 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// Dense causal attention on contiguous K/V, the reference for the paged kernel.
+    /// Dense causal attention on contiguous K/V, the reference for the paged kernel; `round` is
+    /// applied to the query and the softmax weights (the cache type's [`KvElem::operand`]).
     #[allow(clippy::too_many_arguments)]
-    fn dense(q: &[f32], k: &[f32], v: &[f32], n_tok: usize, nh: usize, nkv: usize, hd: usize, out: &mut [f32]) {
+    fn dense(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        n_tok: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+        round: fn(f32) -> f32,
+        out: &mut [f32],
+    ) {
         let group = nh / nkv;
         for t in 0..n_tok {
             for h in 0..nh {
-                let qv = &q[(t * nh + h) * hd..][..hd];
+                let qv: Vec<f32> = q[(t * nh + h) * hd..][..hd].iter().map(|&x| round(x)).collect();
                 let kvh = h / group;
                 let s: Vec<f32> =
-                    (0..=t).map(|p| dot(qv, &k[(p * nkv + kvh) * hd..][..hd]) / (hd as f32).sqrt()).collect();
+                    (0..=t).map(|p| dot(&qv, &k[(p * nkv + kvh) * hd..][..hd]) / (hd as f32).sqrt()).collect();
                 let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
                 let z: f32 = e.iter().sum();
                 let o = &mut out[(t * nh + h) * hd..][..hd];
                 o.fill(0.0);
                 for p in 0..=t {
-                    axpy(e[p] / z, &v[(p * nkv + kvh) * hd..][..hd], o);
+                    axpy(round(e[p] / z), &v[(p * nkv + kvh) * hd..][..hd], o);
                 }
             }
         }
@@ -146,26 +250,36 @@ mod tests {
         let (nh, nkv, hd, bs, n_tok) = (4, 2, 8, 4, 11);
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let q: Vec<f32> = (0..n_tok * nh * hd).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        let k: Vec<f32> = (0..n_tok * nkv * hd).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        let v: Vec<f32> = (0..n_tok * nkv * hd).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        let mut want = vec![0f32; q.len()];
-        dense(&q, &k, &v, n_tok, nh, nkv, hd, &mut want);
+        // K and V exactly representable in f16, so the cache holds them unchanged.
+        let f16 = |x: f32| half::f16::from_f32(x).to_f32();
+        let k: Vec<f32> = (0..n_tok * nkv * hd).map(|_| f16(rng.gen_range(-1.0..1.0))).collect();
+        let v: Vec<f32> = (0..n_tok * nkv * hd).map(|_| f16(rng.gen_range(-1.0..1.0))).collect();
 
         let block_table = [5u32, 2, 7];
         let kv_dim = nkv * hd;
-        let mut kc = vec![0f32; 8 * bs * kv_dim];
-        let mut vc = vec![0f32; 8 * bs * kv_dim];
         let slots: Vec<usize> = (0..n_tok).map(|p| block_table[p / bs] as usize * bs + p % bs).collect();
-        write_kv(&mut kc, &mut vc, &k, &v, &slots, kv_dim);
-        let kv = PagedKv { k: &kc, v: &vc, block_size: bs, n_kv_heads: nkv, head_dim: hd };
+        let (mut k32, mut v32) = (vec![0f32; 8 * bs * kv_dim], vec![0f32; 8 * bs * kv_dim]);
+        let (mut k16, mut v16) = (vec![0u16; 8 * bs * kv_dim], vec![0u16; 8 * bs * kv_dim]);
+        write_kv(KvMut::F32 { k: &mut k32, v: &mut v32 }, &k, &v, &slots, kv_dim);
+        write_kv(KvMut::F16 { k: &mut k16, v: &mut v16 }, &k, &v, &slots, kv_dim);
         // Query the last 5 tokens as one chunk, as a chunked prefill would.
         let start = n_tok - 5;
         let seqs = [AttentionSeq { query_start: 0, query_len: 5, context_len: n_tok, block_table: &block_table }];
-        let mut got = vec![0f32; 5 * nh * hd];
         let pool = ThreadPool::new(2);
-        paged_attention(&pool, &q[start * nh * hd..], &kv, &seqs, nh, 1.0 / (hd as f32).sqrt(), &mut got);
-        for (a, b) in got.iter().zip(&want[start * nh * hd..]) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        type Round = fn(f32) -> f32;
+        let cases: [(KvRef, Round); 2] = [
+            (KvRef::F32 { k: &k32, v: &v32 }, <f32 as KvElem>::operand),
+            (KvRef::F16 { k: &k16, v: &v16 }, <u16 as KvElem>::operand),
+        ];
+        for (data, round) in cases {
+            let mut want = vec![0f32; q.len()];
+            dense(&q, &k, &v, n_tok, nh, nkv, hd, round, &mut want);
+            let kv = PagedKv { data, block_size: bs, n_kv_heads: nkv, head_dim: hd };
+            let mut got = vec![0f32; 5 * nh * hd];
+            paged_attention(&pool, &q[start * nh * hd..], &kv, &seqs, nh, 1.0 / (hd as f32).sqrt(), &mut got);
+            for (a, b) in got.iter().zip(&want[start * nh * hd..]) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod qmatrix;
 pub mod quant;
 pub mod threadpool;
 
-pub use attention::{AttentionSeq, PagedKv};
+pub use attention::{AttentionSeq, KvElem, KvMut, KvRef, PagedKv};
 pub use backend::{Backend, CpuBackend};
 pub use dtype::DType;
 pub use qmatrix::{Bytes, QMatrix};

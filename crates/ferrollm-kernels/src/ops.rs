@@ -150,6 +150,64 @@ pub fn axpy_scalar(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `out[i]` = the IEEE half bits of `x[i]`, rounded to nearest even (F16C where available,
+/// else [`f32_to_f16_row_scalar`]; both give the same bits). The KV cache stores K and V this way.
+pub fn f32_to_f16_row(x: &[f32], out: &mut [u16]) {
+    assert_eq!(x.len(), out.len(), "f16 row lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time; lengths are equal (asserted above).
+        unsafe { x86::f32_to_f16_row(x, out) };
+        return;
+    }
+    f32_to_f16_row_scalar(x, out)
+}
+
+/// Reference for [`f32_to_f16_row`].
+pub fn f32_to_f16_row_scalar(x: &[f32], out: &mut [u16]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = half::f16::from_f32(v).to_bits();
+    }
+}
+
+/// Dot product of f32 `a` with f16 `b` (IEEE half bits): F16C + FMA where available, else
+/// [`dot_f16_scalar`].
+#[inline]
+pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time; lengths are equal (asserted above).
+        return unsafe { x86::dot_f16(a, b) };
+    }
+    dot_f16_scalar(a, b)
+}
+
+/// Reference for [`dot_f16`].
+pub fn dot_f16_scalar(a: &[f32], b: &[u16]) -> f32 {
+    a.iter().zip(b).map(|(&x, &h)| x * half::f16::from_bits(h).to_f32()).sum()
+}
+
+/// `y += a * x` with `x` in f16 bits: F16C + FMA where available, else [`axpy_f16_scalar`].
+#[inline]
+pub fn axpy_f16(a: f32, x: &[u16], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time; lengths are equal (asserted above).
+        unsafe { x86::axpy_f16(a, x, y) };
+        return;
+    }
+    axpy_f16_scalar(a, x, y)
+}
+
+/// Reference for [`axpy_f16`].
+pub fn axpy_f16_scalar(a: f32, x: &[u16], y: &mut [f32]) {
+    for (yi, &h) in y.iter_mut().zip(x) {
+        *yi += a * half::f16::from_bits(h).to_f32();
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -212,6 +270,71 @@ mod x86 {
             i += 1;
         }
     }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C, and `x.len() == out.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f32_to_f16_row(x: &[f32], out: &mut [u16]) {
+        let n = x.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n and both slices hold n elements; `out` is borrowed mutably.
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(x.as_ptr().add(i)));
+                _mm_storeu_si128(out.as_mut_ptr().add(i).cast(), h);
+            }
+            i += 8;
+        }
+        super::f32_to_f16_row_scalar(&x[i..], &mut out[i..]);
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C, and `a.len() == b.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all loads): i + 16 <= n, resp. i + 8 <= n, and both slices hold n elements.
+        while i + 16 <= n {
+            let b0 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(pb.add(i).cast()) });
+            let b1 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(pb.add(i + 8).cast()) });
+            acc0 = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(pa.add(i)) }, b0, acc0);
+            acc1 = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(pa.add(i + 8)) }, b1, acc1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            let b0 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(pb.add(i).cast()) });
+            acc0 = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(pa.add(i)) }, b0, acc0);
+            i += 8;
+        }
+        let acc = _mm256_add_ps(acc0, acc1);
+        let s4 = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+        _mm_cvtss_f32(s1) + super::dot_f16_scalar(&a[i..], &b[i..])
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C, and `x.len() == y.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy_f16(a: f32, x: &[u16], y: &mut [f32]) {
+        let n = x.len();
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n and both slices hold n elements; `y` is borrowed mutably.
+            unsafe {
+                let xv = _mm256_cvtph_ps(_mm_loadu_si128(px.add(i).cast()));
+                _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(va, xv, _mm256_loadu_ps(py.add(i))));
+            }
+            i += 8;
+        }
+        super::axpy_f16_scalar(a, &x[i..], &mut y[i..]);
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +360,35 @@ mod tests {
         for i in 0..half {
             assert!((inter[2 * i] - neox[i]).abs() < 1e-5);
             assert!((inter[2 * i + 1] - neox[i + half]).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn simd_f16_conversion_dot_and_axpy_match_scalar_references() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for n in [0, 1, 7, 8, 15, 16, 17, 63, 64, 65, 200] {
+            // Magnitudes across the f16 range, subnormals and overflow included.
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0) * 2f32.powi(rng.gen_range(-26..18))).collect();
+            let (mut h1, mut h2) = (vec![0u16; n], vec![0u16; n]);
+            f32_to_f16_row(&x, &mut h1);
+            f32_to_f16_row_scalar(&x, &mut h2);
+            assert_eq!(h1, h2, "f16 conversion n={n}");
+
+            let a: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let mut bh = vec![0u16; n];
+            f32_to_f16_row_scalar(&b, &mut bh);
+            let scale: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum::<f32>() + 1e-6;
+            assert!((dot_f16(&a, &bh) - dot_f16_scalar(&a, &bh)).abs() <= 1e-5 * scale, "dot_f16 n={n}");
+            // Against f32 values: only the f16 rounding of `b` (2^-11 relative) differs.
+            assert!((dot_f16(&a, &bh) - dot_scalar(&a, &b)).abs() <= 1e-3 * scale, "dot_f16 vs f32 n={n}");
+            let (mut y1, mut y2) = (a.clone(), a.clone());
+            axpy_f16(0.37, &bh, &mut y1);
+            axpy_f16_scalar(0.37, &bh, &mut y2);
+            for (p, q) in y1.iter().zip(&y2) {
+                assert!((p - q).abs() <= 1e-6, "axpy_f16 n={n}");
+            }
         }
     }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use ferrollm_kernels::ops::RopeTable;
-use ferrollm_kernels::{AttentionSeq, Backend, PagedKv, QMatrix};
+use ferrollm_kernels::{AttentionSeq, Backend, KvMut, KvRef, PagedKv, QMatrix};
 
 use crate::{Architecture, ModelConfig, ModelError, WeightSource};
 
@@ -37,25 +37,63 @@ pub struct LlamaModel {
     backend: Arc<dyn Backend>,
 }
 
-/// The paged KV cache: per layer, K and V as `[num_blocks, block_size, n_kv_heads, head_dim]`.
+/// The paged KV cache: per layer, K and V as `[num_blocks, block_size, n_kv_heads, head_dim]`,
+/// in f16 ([`KvCache::new`], llama.cpp's default KV type) or f32 ([`KvCache::new_f32`], for
+/// checks against f32 references).
 pub struct KvCache {
     pub num_blocks: usize,
     pub block_size: usize,
     kv_dim: usize,
-    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    layers: Vec<KvLayer>,
+}
+
+enum KvLayer {
+    F32(Vec<f32>, Vec<f32>),
+    F16(Vec<u16>, Vec<u16>),
+}
+
+impl KvLayer {
+    fn as_ref(&self) -> KvRef<'_> {
+        match self {
+            KvLayer::F32(k, v) => KvRef::F32 { k, v },
+            KvLayer::F16(k, v) => KvRef::F16 { k, v },
+        }
+    }
+
+    fn as_mut(&mut self) -> KvMut<'_> {
+        match self {
+            KvLayer::F32(k, v) => KvMut::F32 { k, v },
+            KvLayer::F16(k, v) => KvMut::F16 { k, v },
+        }
+    }
 }
 
 impl KvCache {
+    /// An f16 cache of `num_blocks` blocks; [`KvCache::bytes_per_block`] each.
     pub fn new(config: &ModelConfig, num_blocks: usize, block_size: usize) -> KvCache {
+        Self::with_layers(config, num_blocks, block_size, |n| KvLayer::F16(vec![0; n], vec![0; n]))
+    }
+
+    /// An f32 cache (twice the memory): attention then sees K and V unrounded.
+    pub fn new_f32(config: &ModelConfig, num_blocks: usize, block_size: usize) -> KvCache {
+        Self::with_layers(config, num_blocks, block_size, |n| KvLayer::F32(vec![0.0; n], vec![0.0; n]))
+    }
+
+    fn with_layers(
+        config: &ModelConfig,
+        num_blocks: usize,
+        block_size: usize,
+        layer: impl Fn(usize) -> KvLayer,
+    ) -> KvCache {
         let kv_dim = config.num_kv_heads * config.head_dim;
         let n = num_blocks * block_size * kv_dim;
-        let layers = (0..config.num_layers).map(|_| (vec![0f32; n], vec![0f32; n])).collect();
+        let layers = (0..config.num_layers).map(|_| layer(n)).collect();
         KvCache { num_blocks, block_size, kv_dim, layers }
     }
 
-    /// Bytes one block takes across all layers, K and V.
+    /// Bytes one block of a [`KvCache::new`] (f16) cache takes across all layers, K and V.
     pub fn bytes_per_block(config: &ModelConfig, block_size: usize) -> usize {
-        2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * std::mem::size_of::<f32>()
+        2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * std::mem::size_of::<u16>()
     }
 
     /// Slot index of position `pos` for a sequence with `block_table`.
@@ -201,11 +239,10 @@ impl LlamaModel {
             .collect();
         let scale = 1.0 / (hd as f32).sqrt();
 
-        for (layer, (kc, vc)) in self.layers.iter().zip(kv.layers.iter_mut()).take(num_layers) {
+        for (layer, kvl) in self.layers.iter().zip(kv.layers.iter_mut()).take(num_layers) {
             be.rms_norm(&x, &layer.attn_norm, c.rms_norm_eps, &mut xn);
-            be.matmul(&layer.wq, &xn, n, &mut q);
-            be.matmul(&layer.wk, &xn, n, &mut k);
-            be.matmul(&layer.wv, &xn, n, &mut v);
+            // One dispatch for Q, K and V (they share the input and, usually, the dtype).
+            be.matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &xn, n, &mut [&mut q, &mut k, &mut v]);
             if let (Some(bq), Some(bk), Some(bv)) = (&layer.bq, &layer.bk, &layer.bv) {
                 ferrollm_kernels::ops::add_bias(&mut q, bq);
                 ferrollm_kernels::ops::add_bias(&mut k, bk);
@@ -213,15 +250,15 @@ impl LlamaModel {
             }
             be.rope(&self.rope, &mut q, batch.positions, c.num_heads, style);
             be.rope(&self.rope, &mut k, batch.positions, c.num_kv_heads, style);
-            be.write_kv(kc, vc, &k, &v, batch.slot_mapping, kv_dim);
-            let paged = PagedKv { k: kc, v: vc, block_size: kv.block_size, n_kv_heads: c.num_kv_heads, head_dim: hd };
+            be.write_kv(kvl.as_mut(), &k, &v, batch.slot_mapping, kv_dim);
+            let paged =
+                PagedKv { data: kvl.as_ref(), block_size: kv.block_size, n_kv_heads: c.num_kv_heads, head_dim: hd };
             be.paged_attention(&q, &paged, &attn_seqs, c.num_heads, scale, &mut attn);
             be.matmul(&layer.wo, &attn, n, &mut o);
             be.add_inplace(&mut x, &o);
 
             be.rms_norm(&x, &layer.ffn_norm, c.rms_norm_eps, &mut xn);
-            be.matmul(&layer.w_gate, &xn, n, &mut gate);
-            be.matmul(&layer.w_up, &xn, n, &mut up);
+            be.matmul_many(&[&layer.w_gate, &layer.w_up], &xn, n, &mut [&mut gate, &mut up]);
             be.silu_mul(&mut gate, &up);
             be.matmul(&layer.w_down, &gate, n, &mut o);
             be.add_inplace(&mut x, &o);

@@ -10,15 +10,25 @@ use super::common::{as_blocks, block_bytes, has_avx2, Block};
 
 /// A block that decodes as `d * q + m` with unsigned quants below 32.
 pub trait Unsigned32: Block {
+    /// `Some(c)` when the offset is a fixed multiple of the scale, `m = c·d` (Q4_0: −8, Q5_0: −16);
+    /// `None` when the block stores `m` itself ([`Unsigned32::m_bits`]).
+    const M_PER_D: Option<f32>;
+
     /// The 32 quants in element order, with `(d, m)`.
     fn unpack(&self) -> ([u8; 32], f32, f32);
 
-    /// The same with AVX2.
+    /// The f16 bits of the scale `d`.
+    fn d_bits(&self) -> u16;
+
+    /// The f16 bits of the stored offset `m` (unused when [`Unsigned32::M_PER_D`] is `Some`).
+    fn m_bits(&self) -> u16;
+
+    /// The 32 quants in element order, as bytes, with AVX2.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn unpack_avx2(&self) -> (std::arch::x86_64::__m256i, f32, f32);
+    unsafe fn quants_avx2(&self) -> std::arch::x86_64::__m256i;
 }
 
 /// `out[t] = Σ w·acts[t]` for up to 4 activation rows; scalar reference.
@@ -82,41 +92,58 @@ pub mod avx2 {
     }
 
     /// One weight row against `T` activation rows: each block is unpacked once for all `T`.
-    /// Blocks go in pairs with separate accumulators, so that with one token the loop is not
-    /// bound by the latency of a single FMA chain.
+    ///
+    /// Blocks go in groups of four so that the per-block scalar work is done four wide: the four
+    /// f16 scales (and offsets) convert in one F16C instruction, the activation scales and sums
+    /// load as one vector each, and the four blocks' integer products are reduced together
+    /// (lanes `j` and `j + 4` end up holding the two halves of block `j`) before one float
+    /// conversion and one FMA per group and token. Leftover blocks (fewer than four) take the
+    /// one-block path.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_tile<W: Unsigned32, const T: usize>(w: &[W], acts: &[&[BlockQ8A]; T]) -> [f32; T] {
         for a in acts {
             assert_eq!(a.len(), w.len());
         }
-        // Two accumulator sets (vector products and scalar offsets), one per block of a pair.
-        let mut acc = [[_mm256_setzero_ps(); T]; 2];
-        let mut macc = [[0f32; T]; 2];
-        let step = |i: usize, acc: &mut [__m256; T], macc: &mut [f32; T]| {
-            // SAFETY: this function's target features are those `unpack_avx2` needs.
-            let (q, d, m) = unsafe { w[i].unpack_avx2() };
-            let dv = _mm256_set1_ps(d);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut macc = [_mm_setzero_ps(); T];
+        let groups = w.len() / 4;
+        for g in 0..groups {
+            let b: &[W; 4] = w[4 * g..4 * g + 4].try_into().unwrap();
+            // Both 128-bit lanes hold the four scales, as the reduced products below want.
+            let d8 = f16x4x2(b.map(|b| b.d_bits()));
+            let m4 = match W::M_PER_D {
+                Some(c) => _mm_mul_ps(_mm256_castps256_ps128(d8), _mm_set1_ps(c)),
+                None => _mm256_castps256_ps128(f16x4x2(b.map(|b| b.m_bits()))),
+            };
+            // SAFETY: this function's target features are those `quants_avx2` needs.
+            let q = b.map(|b| unsafe { b.quants_avx2() });
             for t in 0..T {
-                let ab = &acts[t][i];
-                let p = _mm256_cvtepi32_ps(dot_u8_i8(q, load32(&ab.qs)));
-                acc[t] = _mm256_fmadd_ps(p, _mm256_mul_ps(dv, _mm256_broadcast_ss(&ab.d)), acc[t]);
-                macc[t] += m * ab.s;
+                let a: &[BlockQ8A; 4] = acts[t][4 * g..4 * g + 4].try_into().unwrap();
+                let p: [__m256i; 4] = std::array::from_fn(|j| dot_u8_i8(q[j], load32(&a[j].qs)));
+                let (ad, asum) = act_scales(a);
+                let sc = _mm256_mul_ps(d8, _mm256_set_m128(ad, ad));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce4(p)), sc, acc[t]);
+                macc[t] = _mm_fmadd_ps(m4, asum, macc[t]);
             }
-        };
-        let pairs = w.len() / 2;
-        let [acc0, acc1] = &mut acc;
-        let [macc0, macc1] = &mut macc;
-        for i in 0..pairs {
-            step(2 * i, acc0, macc0);
-            step(2 * i + 1, acc1, macc1);
-        }
-        if w.len() % 2 == 1 {
-            step(w.len() - 1, acc0, macc0);
         }
         let mut out = [0f32; T];
         for t in 0..T {
-            out[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t])) + (macc[0][t] + macc[1][t]);
+            out[t] = hsum_ps(acc[t]) + hsum_ps128(macc[t]);
+        }
+        for i in 4 * groups..w.len() {
+            let b = &w[i];
+            let d = f16_to_f32(b.d_bits().to_le_bytes());
+            let m = match W::M_PER_D {
+                Some(c) => c * d,
+                None => f16_to_f32(b.m_bits().to_le_bytes()),
+            };
+            // SAFETY: as above.
+            let q = unsafe { b.quants_avx2() };
+            for t in 0..T {
+                let ab = &acts[t][i];
+                out[t] += d * ab.d * hsum_epi32(dot_u8_i8(q, load32(&ab.qs))) as f32 + m * ab.s;
+            }
         }
         out
     }

@@ -21,44 +21,71 @@ const TILE: usize = 4;
 
 /// `out = x · Wᵀ` (see [`QMatrix::matmul`]): `x` is `[n, cols]`, `out` is `[n, rows]`.
 pub fn matmul(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, out: &mut [f32]) {
-    assert_eq!(x.len(), n * w.cols, "matmul input shape");
-    assert_eq!(out.len(), n * w.rows, "matmul output shape");
-    if n == 0 || w.rows == 0 {
+    matmul_many(pool, &[w], x, n, &mut [out]);
+}
+
+/// `outs[i] = x · ws[i]ᵀ` for several matrices that read the same input (Q, K and V; gate and
+/// up): one activation quantization and one pool dispatch whose tasks split the rows of all of
+/// them. Matrices of different dtypes or widths go in one call per (dtype, width) group.
+pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "one output per matrix");
+    let Some(w0) = ws.first() else { return };
+    let same = |a: &QMatrix, b: &QMatrix| a.dtype == b.dtype && a.cols == b.cols;
+    if ws.iter().any(|w| !same(w, w0)) {
+        // One fused call per (dtype, width) group, e.g. Q and K when V has another dtype.
+        let mut slots: Vec<Option<&mut [f32]>> = outs.iter_mut().map(|o| Some(&mut **o)).collect();
+        for i in 0..ws.len() {
+            if slots[i].is_none() {
+                continue;
+            }
+            let group: Vec<usize> = (i..ws.len()).filter(|&j| slots[j].is_some() && same(ws[j], ws[i])).collect();
+            let gw: Vec<&QMatrix> = group.iter().map(|&j| ws[j]).collect();
+            let mut go: Vec<&mut [f32]> = group.iter().map(|&j| slots[j].take().expect("unvisited")).collect();
+            matmul_many(pool, &gw, x, n, &mut go);
+        }
         return;
     }
-    if w.cols == 0 {
-        out.fill(0.0);
+    assert_eq!(x.len(), n * w0.cols, "matmul input shape");
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        assert_eq!(out.len(), n * w.rows, "matmul output shape");
+    }
+    if n == 0 || ws.iter().all(|w| w.rows == 0) {
+        return;
+    }
+    if w0.cols == 0 {
+        outs.iter_mut().for_each(|o| o.fill(0.0));
         return;
     }
     let q8a = act::quantize_q8a as fn(&[f32], &mut [BlockQ8A]);
     let q8k = act::quantize_q8k as fn(&[f32], &mut [BlockQ8K]);
     let f32a = act::copy_f32 as fn(&[f32], &mut [f32]);
-    match w.dtype {
-        DType::F32 => run(pool, w, x, n, out, 1, f32a, |b, rb, a, o| float::dot_rows(Float::F32, b, rb, a, o)),
-        DType::F16 => run(pool, w, x, n, out, 1, f32a, |b, rb, a, o| float::dot_rows(Float::F16, b, rb, a, o)),
-        DType::BF16 => run(pool, w, x, n, out, 1, f32a, |b, rb, a, o| float::dot_rows(Float::BF16, b, rb, a, o)),
-        DType::Q4_0 => run(pool, w, x, n, out, 32, q8a, block32::dot_rows::<q4_0::BlockQ4_0>),
-        DType::Q4_1 => run(pool, w, x, n, out, 32, q8a, block32::dot_rows::<q4_1::BlockQ4_1>),
-        DType::Q5_0 => run(pool, w, x, n, out, 32, q8a, block32::dot_rows::<q5_0::BlockQ5_0>),
-        DType::Q5_1 => run(pool, w, x, n, out, 32, q8a, block32::dot_rows::<q5_1::BlockQ5_1>),
-        DType::Q8_0 => run(pool, w, x, n, out, 32, q8a, q8_0::dot_rows),
-        DType::Q2K => run(pool, w, x, n, out, 256, q8k, q2_k::dot_rows),
-        DType::Q3K => run(pool, w, x, n, out, 256, q8k, q3_k::dot_rows),
-        DType::Q4K => run(pool, w, x, n, out, 256, q8k, q4_k::dot_rows),
-        DType::Q5K => run(pool, w, x, n, out, 256, q8k, q5_k::dot_rows),
-        DType::Q6K => run(pool, w, x, n, out, 256, q8k, q6_k::dot_rows),
+    match w0.dtype {
+        DType::F32 => run(pool, ws, x, n, outs, 1, f32a, |b, rb, a, o| float::dot_rows(Float::F32, b, rb, a, o)),
+        DType::F16 => run(pool, ws, x, n, outs, 1, f32a, |b, rb, a, o| float::dot_rows(Float::F16, b, rb, a, o)),
+        DType::BF16 => run(pool, ws, x, n, outs, 1, f32a, |b, rb, a, o| float::dot_rows(Float::BF16, b, rb, a, o)),
+        DType::Q4_0 => run(pool, ws, x, n, outs, 32, q8a, block32::dot_rows::<q4_0::BlockQ4_0>),
+        DType::Q4_1 => run(pool, ws, x, n, outs, 32, q8a, block32::dot_rows::<q4_1::BlockQ4_1>),
+        DType::Q5_0 => run(pool, ws, x, n, outs, 32, q8a, block32::dot_rows::<q5_0::BlockQ5_0>),
+        DType::Q5_1 => run(pool, ws, x, n, outs, 32, q8a, block32::dot_rows::<q5_1::BlockQ5_1>),
+        DType::Q8_0 => run(pool, ws, x, n, outs, 32, q8a, q8_0::dot_rows),
+        DType::Q2K => run(pool, ws, x, n, outs, 256, q8k, q2_k::dot_rows),
+        DType::Q3K => run(pool, ws, x, n, outs, 256, q8k, q3_k::dot_rows),
+        DType::Q4K => run(pool, ws, x, n, outs, 256, q8k, q4_k::dot_rows),
+        DType::Q5K => run(pool, ws, x, n, outs, 256, q8k, q5_k::dot_rows),
+        DType::Q6K => run(pool, ws, x, n, outs, 256, q8k, q6_k::dot_rows),
     }
 }
 
 /// Quantizes `x` to activation blocks of `act_block` values, then computes every output with
 /// `dot_rows(weight rows, row bytes, up to TILE activation rows, outputs[row * k + token])`.
+/// `ws` share dtype and width; tasks take runs of rows of one matrix each.
 #[allow(clippy::too_many_arguments)]
 fn run<A, D>(
     pool: &ThreadPool,
-    w: &QMatrix,
+    ws: &[&QMatrix],
     x: &[f32],
     n: usize,
-    out: &mut [f32],
+    outs: &mut [&mut [f32]],
     act_block: usize,
     quantize: fn(&[f32], &mut [A]),
     dot_rows: D,
@@ -66,23 +93,29 @@ fn run<A, D>(
     A: Copy + Default + Send + Sync,
     D: Fn(&[u8], usize, &[&[A]], &mut [f32]) + Sync,
 {
-    let (rows, cols) = (w.rows, w.cols);
+    let cols = ws[0].cols;
     let apr = cols / act_block; // activation blocks per token
     let acts = quantize_acts(pool, x, n, cols, apr, quantize);
 
+    let total_rows: usize = ws.iter().map(|w| w.rows).sum();
     let threads = pool.num_threads();
-    let n_tasks = if threads == 1 { 1 } else { (threads * 8).min(rows.div_ceil(4)).max(1) };
-    let chunk = rows.div_ceil(n_tasks);
-    let n_tasks = rows.div_ceil(chunk);
-    let rb = w.row_bytes();
+    let n_tasks = if threads == 1 { 1 } else { (threads * 8).min(total_rows.div_ceil(4)).max(1) };
+    let chunk = total_rows.div_ceil(n_tasks);
+    // (matrix, first row, end row) of each task.
+    let tasks: Vec<(usize, usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(m, w)| (0..w.rows).step_by(chunk).map(move |r0| (m, r0, (r0 + chunk).min(w.rows))))
+        .collect();
+    let rb = ws[0].row_bytes();
     // Few tokens: one kernel call per task. Many: L1-sized row sub-blocks that all tokens visit.
     let sub = if n <= TILE { chunk } else { (WEIGHT_BLOCK_BYTES / rb).clamp(1, chunk) };
     let act_bytes = apr * std::mem::size_of::<A>();
     let token_block = (TOKEN_BLOCK_BYTES / act_bytes.max(1)).max(TILE) / TILE * TILE;
-    let weights = w.bytes();
-    let out = DisjointSlice::new(out);
-    pool.run(n_tasks, |task| {
-        let (r0, r1) = (task * chunk, ((task + 1) * chunk).min(rows));
+    let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
+    pool.run(tasks.len(), |task| {
+        let (m, r0, r1) = tasks[task];
+        let (weights, rows, out) = (ws[m].bytes(), ws[m].rows, &outs[m]);
         let mut tmp = vec![0f32; sub.min(r1 - r0) * TILE];
         for tb in (0..n).step_by(token_block) {
             let tb_end = (tb + token_block).min(n);
@@ -95,8 +128,9 @@ fn run<A, D>(
                     let a: [&[A]; TILE] = std::array::from_fn(|j| &acts[(t + j.min(k - 1)) * apr..][..apr]);
                     dot_rows(bytes, rb, &a[..k], &mut tmp[..nr * k]);
                     for j in 0..k {
-                        // SAFETY: this task alone computes rows r0..r1 (so s0..s1) of every token;
-                        // the run `(t + j)·rows + s0..+nr` is borrowed only for this loop.
+                        // SAFETY: this task alone computes rows r0..r1 (so s0..s1) of matrix m for
+                        // every token; the run `(t + j)·rows + s0..+nr` of its output is borrowed
+                        // only for this loop.
                         let o = unsafe { out.part((t + j) * rows + s0, nr) };
                         for (i, v) in o.iter_mut().enumerate() {
                             *v = tmp[i * k + j];

@@ -47,7 +47,7 @@ mod x86;
 
 use crate::{DType, QMatrix};
 use common::as_blocks;
-pub use matmul::matmul;
+pub use matmul::{matmul, matmul_many};
 
 /// Whether this crate can load and multiply weights of `dtype`. Loaders call it to turn an
 /// unsupported tensor type into an error instead of a panic deep in a kernel. (Every [`DType`]

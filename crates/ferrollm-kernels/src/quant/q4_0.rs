@@ -44,6 +44,8 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ4_0]) {
 }
 
 impl Unsigned32 for BlockQ4_0 {
+    const M_PER_D: Option<f32> = Some(-8.0);
+
     fn unpack(&self) -> ([u8; 32], f32, f32) {
         let mut q = [0u8; 32];
         for j in 0..16 {
@@ -54,12 +56,21 @@ impl Unsigned32 for BlockQ4_0 {
         (q, d, -8.0 * d)
     }
 
+    #[inline(always)]
+    fn d_bits(&self) -> u16 {
+        u16::from_le_bytes(self.d)
+    }
+
+    #[inline(always)]
+    fn m_bits(&self) -> u16 {
+        0
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn unpack_avx2(&self) -> (std::arch::x86_64::__m256i, f32, f32) {
-        let d = super::x86::f16_to_f32(self.d);
-        (super::x86::unpack_nibbles(&self.qs), d, -8.0 * d)
+    unsafe fn quants_avx2(&self) -> std::arch::x86_64::__m256i {
+        super::x86::unpack_nibbles(&self.qs)
     }
 }
 

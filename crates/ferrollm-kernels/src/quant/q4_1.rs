@@ -47,6 +47,8 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ4_1]) {
 }
 
 impl Unsigned32 for BlockQ4_1 {
+    const M_PER_D: Option<f32> = None;
+
     fn unpack(&self) -> ([u8; 32], f32, f32) {
         let mut q = [0u8; 32];
         for j in 0..16 {
@@ -56,12 +58,21 @@ impl Unsigned32 for BlockQ4_1 {
         (q, f16_to_f32(self.d), f16_to_f32(self.m))
     }
 
+    #[inline(always)]
+    fn d_bits(&self) -> u16 {
+        u16::from_le_bytes(self.d)
+    }
+
+    #[inline(always)]
+    fn m_bits(&self) -> u16 {
+        u16::from_le_bytes(self.m)
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn unpack_avx2(&self) -> (std::arch::x86_64::__m256i, f32, f32) {
-        use super::x86::{f16_to_f32, unpack_nibbles};
-        (unpack_nibbles(&self.qs), f16_to_f32(self.d), f16_to_f32(self.m))
+    unsafe fn quants_avx2(&self) -> std::arch::x86_64::__m256i {
+        super::x86::unpack_nibbles(&self.qs)
     }
 }
 

@@ -92,38 +92,44 @@ mod avx2 {
 
     /// Signed × signed bytes: move the weight's sign onto the activation (`sign_epi8`) so
     /// `maddubs` sees |w| unsigned. |q| ≤ 127 on the activation side keeps pair sums within i16
-    /// (a weight of −128 becomes an unsigned 128, still exact). Blocks go in pairs with separate
-    /// accumulators to break the FMA latency chain when there is a single token.
+    /// (a weight of −128 becomes an unsigned 128, still exact). Blocks go in groups of four as in
+    /// the Q4/Q5 kernels (`block32`): four scales per F16C conversion, one reduction, one float
+    /// conversion and one FMA per group and token; leftover blocks go one at a time.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_tile<const T: usize>(w: &[BlockQ8_0], acts: &[&[BlockQ8A]; T]) -> [f32; T] {
         for a in acts {
             assert_eq!(a.len(), w.len());
         }
-        let mut acc = [[_mm256_setzero_ps(); T]; 2];
-        let step = |i: usize, acc: &mut [__m256; T]| {
-            let b = &w[i];
-            let q = load32(&b.qs);
-            let aq = _mm256_sign_epi8(q, q);
-            let dv = _mm256_set1_ps(f16_to_f32(b.d));
+        let mut acc = [_mm256_setzero_ps(); T];
+        let groups = w.len() / 4;
+        for g in 0..groups {
+            let b: &[BlockQ8_0; 4] = w[4 * g..4 * g + 4].try_into().unwrap();
+            let d8 = f16x4x2(b.map(|b| u16::from_le_bytes(b.d)));
+            let q = b.map(|b| load32(&b.qs));
+            let aq = q.map(|q| _mm256_sign_epi8(q, q));
             for t in 0..T {
-                let ab = &acts[t][i];
-                let p = _mm256_cvtepi32_ps(dot_u8_i8(aq, _mm256_sign_epi8(load32(&ab.qs), q)));
-                acc[t] = _mm256_fmadd_ps(p, _mm256_mul_ps(dv, _mm256_broadcast_ss(&ab.d)), acc[t]);
+                let a: &[BlockQ8A; 4] = acts[t][4 * g..4 * g + 4].try_into().unwrap();
+                let p: [__m256i; 4] =
+                    std::array::from_fn(|j| dot_u8_i8(aq[j], _mm256_sign_epi8(load32(&a[j].qs), q[j])));
+                let (ad, _) = act_scales(a);
+                let sc = _mm256_mul_ps(d8, _mm256_set_m128(ad, ad));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce4(p)), sc, acc[t]);
             }
-        };
-        let pairs = w.len() / 2;
-        let [acc0, acc1] = &mut acc;
-        for i in 0..pairs {
-            step(2 * i, acc0);
-            step(2 * i + 1, acc1);
-        }
-        if w.len() % 2 == 1 {
-            step(w.len() - 1, acc0);
         }
         let mut out = [0f32; T];
         for t in 0..T {
-            out[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t]));
+            out[t] = hsum_ps(acc[t]);
+        }
+        for i in 4 * groups..w.len() {
+            let b = &w[i];
+            let q = load32(&b.qs);
+            let aq = _mm256_sign_epi8(q, q);
+            let d = f16_to_f32(b.d);
+            for t in 0..T {
+                let ab = &acts[t][i];
+                out[t] += d * ab.d * hsum_epi32(dot_u8_i8(aq, _mm256_sign_epi8(load32(&ab.qs), q))) as f32;
+            }
         }
         out
     }

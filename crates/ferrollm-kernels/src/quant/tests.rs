@@ -293,3 +293,45 @@ fn nested_matmul_inside_pool_task() {
         assert_eq!(got, want);
     });
 }
+
+/// `matmul_many` gives exactly what separate `matmul` calls give: rows of several matrices in
+/// one dispatch, shared activations; mixed dtypes fall back to one call each.
+#[test]
+fn matmul_many_equals_separate_matmuls() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let pools = [ThreadPool::new(1), ThreadPool::new(2)];
+    let cases: [&[(DType, usize)]; 4] = [
+        &[(DType::Q4_1, 96), (DType::Q4_1, 32), (DType::Q4_1, 32)],
+        &[(DType::Q4K, 70), (DType::Q4K, 70)],
+        &[(DType::Q4K, 20), (DType::Q6K, 9), (DType::Q4K, 3), (DType::Q6K, 1)],
+        &[(DType::F16, 5), (DType::F16, 0), (DType::F16, 1)],
+    ];
+    for (case, &mats) in cases.iter().enumerate() {
+        let cols = 512;
+        let ws: Vec<QMatrix> = mats
+            .iter()
+            .map(|&(dtype, rows)| {
+                let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
+                QMatrix::new(dtype, rows, cols, crate::Bytes::from_vec(bytes)).unwrap()
+            })
+            .collect();
+        for pool in &pools {
+            for n in [1usize, 3, 9] {
+                let x = gauss(&mut rng, n * cols, 1.0);
+                let want: Vec<Vec<f32>> = ws
+                    .iter()
+                    .map(|w| {
+                        let mut o = vec![0f32; n * w.rows];
+                        w.matmul(pool, &x, n, &mut o);
+                        o
+                    })
+                    .collect();
+                let mut got: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; n * w.rows]).collect();
+                let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+                let refs: Vec<&QMatrix> = ws.iter().collect();
+                matmul_many(pool, &refs, &x, n, &mut outs);
+                assert_eq!(got, want, "case {case}, {} threads, n {n}", pool.num_threads());
+            }
+        }
+    }
+}

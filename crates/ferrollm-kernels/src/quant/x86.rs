@@ -31,13 +31,15 @@ pub fn f16_to_f32(h: [u8; 2]) -> f32 {
 }
 
 /// 16 bytes of packed nibbles to 32 bytes: low nibbles in the low 128-bit lane, high nibbles in
-/// the high lane, which is ggml's element order for Q4_0/Q4_1/Q5_0/Q5_1.
+/// the high lane, which is ggml's element order for Q4_0/Q4_1/Q5_0/Q5_1. The bytes load into
+/// both lanes at once and a per-lane variable shift brings the high nibbles down: two ALU
+/// instructions after the load.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
     // SAFETY: `qs` is 16 readable bytes; unaligned load.
-    let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
-    let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
+    let v = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(qs.as_ptr().cast())) };
+    let both = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
 }
 
@@ -117,4 +119,35 @@ pub fn pair_scales(sc: __m128i, a: usize) -> __m256i {
     let a = a as u8;
     let pick = _mm_set_epi64x(i64::from_le_bytes([a + 1; 8]), i64::from_le_bytes([a; 8]));
     _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick))
+}
+
+/// Four f16 values to f32, in both 128-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn f16x4x2(h: [u16; 4]) -> __m256 {
+    let bits = h[0] as u64 | (h[1] as u64) << 16 | (h[2] as u64) << 32 | (h[3] as u64) << 48;
+    _mm256_cvtph_ps(_mm_set1_epi64x(bits as i64))
+}
+
+/// The scales `d` and the sums `s` of four activation blocks, as two vectors.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn act_scales(a: &[super::act::BlockQ8A; 4]) -> (__m128, __m128) {
+    // SAFETY: `d` and `s` are the first 8 bytes of the repr(C) `BlockQ8A`, read through a
+    // pointer to the whole block; `_mm_loadl_epi64` does an unaligned 8-byte load.
+    let ds =
+        a.each_ref().map(|b| unsafe { _mm_castsi128_ps(_mm_loadl_epi64((b as *const super::act::BlockQ8A).cast())) });
+    let lo = _mm_unpacklo_ps(ds[0], ds[1]); // d0 d1 s0 s1
+    let hi = _mm_unpacklo_ps(ds[2], ds[3]); // d2 d3 s2 s3
+    (_mm_movelh_ps(lo, hi), _mm_movehl_ps(hi, lo))
+}
+
+/// Four vectors of 8 i32 partial sums to one: lane `j` (`j + 4`) holds the sum of the low
+/// (high) 128-bit half of `p[j]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn reduce4(p: [__m256i; 4]) -> __m256i {
+    let x = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
+    let y = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
+    _mm256_add_epi32(_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y))
 }
