@@ -164,6 +164,7 @@ pub fn f32_to_f16_row(x: &[f32], out: &mut [u16]) {
 }
 
 /// Reference for [`f32_to_f16_row`].
+#[inline]
 pub fn f32_to_f16_row_scalar(x: &[f32], out: &mut [u16]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = half::f16::from_f32(v).to_bits();
@@ -183,6 +184,7 @@ pub fn round_to_f16(x: &mut [f32]) {
 }
 
 /// Reference for [`round_to_f16`].
+#[inline]
 pub fn round_to_f16_scalar(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = half::f16::from_f32(*v).to_f32();
@@ -203,6 +205,7 @@ pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
 }
 
 /// Reference for [`dot_f16`].
+#[inline]
 pub fn dot_f16_scalar(a: &[f32], b: &[u16]) -> f32 {
     a.iter().zip(b).map(|(&x, &h)| x * half::f16::from_bits(h).to_f32()).sum()
 }
@@ -221,6 +224,7 @@ pub fn axpy_f16(a: f32, x: &[u16], y: &mut [f32]) {
 }
 
 /// Reference for [`axpy_f16`].
+#[inline]
 pub fn axpy_f16_scalar(a: f32, x: &[u16], y: &mut [f32]) {
     for (yi, &h) in y.iter_mut().zip(x) {
         *yi += a * half::f16::from_bits(h).to_f32();
