@@ -4,7 +4,7 @@
 //! query `i` sits at position `context_len - query_len + i` and attends causally to every
 //! earlier position, reading keys and values through the sequence's block table.
 
-use crate::ops::{axpy, axpy_f16, dot, dot_f16, f32_to_f16_row};
+use crate::ops::{axpy, axpy_f16, dot, dot_f16, f32_to_f16_row, round_to_f16};
 use crate::threadpool::DisjointSlice;
 use crate::ThreadPool;
 
@@ -17,11 +17,11 @@ pub trait KvElem: Copy + Default + Send + Sync + 'static {
     fn dot(q: &[f32], k: &[Self]) -> f32;
     /// `out += a * v`.
     fn axpy(a: f32, v: &[Self], out: &mut [f32]);
-    /// `x` as the attention arithmetic sees it for this cache type. For f16 caches the query and
-    /// the softmax weights are rounded to f16 as well, as in llama.cpp's f16-KV attention
-    /// (ggml converts the f32 operand of an f16 matmul to f16): then our numerics follow the
-    /// reference implementation's, not just its storage.
-    fn operand(x: f32) -> f32;
+    /// Rounds `x` in place to what the attention arithmetic sees for this cache type. For f16
+    /// caches the query and the softmax weights are rounded to f16 as well, as in llama.cpp's
+    /// f16-KV attention (ggml converts the f32 operand of an f16 matmul to f16): then our
+    /// numerics follow the reference implementation's, not just its storage.
+    fn round_operands(x: &mut [f32]);
 }
 
 impl KvElem for f32 {
@@ -37,9 +37,7 @@ impl KvElem for f32 {
         axpy(a, v, out)
     }
     #[inline]
-    fn operand(x: f32) -> f32 {
-        x
-    }
+    fn round_operands(_: &mut [f32]) {}
 }
 
 impl KvElem for u16 {
@@ -55,8 +53,8 @@ impl KvElem for u16 {
         axpy_f16(a, v, out)
     }
     #[inline]
-    fn operand(x: f32) -> f32 {
-        half::f16::from_f32(x).to_f32()
+    fn round_operands(x: &mut [f32]) {
+        round_to_f16(x)
     }
 }
 
@@ -158,9 +156,8 @@ fn attention<E: KvElem>(
             let h = task % n_heads;
             let kvh = h / group;
             let seq = &seqs[s];
-            for (r, &x) in qr.iter_mut().zip(&q[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd]) {
-                *r = E::operand(x);
-            }
+            qr.copy_from_slice(&q[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd]);
+            E::round_operands(&mut qr);
             let qv = &qr[..];
             // SAFETY: each task owns the distinct (token, head) row of `out`.
             let o = unsafe { out.part((t * n_heads + h) * hd, hd) };
@@ -185,12 +182,13 @@ fn attend_one<E: KvElem>(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    // Cache slots of positions 0..n_ctx, block by block (no division per position).
+    let slots = || block_table.iter().flat_map(move |&b| (0..bs).map(move |o| b as usize * bs + o)).take(n_ctx);
+    let head = |slot: usize| slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd;
     scores.clear();
     let mut max = f32::NEG_INFINITY;
-    for p in 0..n_ctx {
-        let slot = block_table[p / bs] as usize * bs + p % bs;
-        let k = &kc[slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd];
-        let s = E::dot(q, k) * scale;
+    for slot in slots() {
+        let s = E::dot(q, &kc[head(slot)]) * scale;
         max = max.max(s);
         scores.push(s);
     }
@@ -199,11 +197,13 @@ fn attend_one<E: KvElem>(
         *s = (*s - max).exp();
         sum += *s;
     }
+    for s in scores.iter_mut() {
+        *s /= sum;
+    }
+    E::round_operands(scores);
     out.fill(0.0);
-    for (p, &w) in scores.iter().enumerate() {
-        let slot = block_table[p / bs] as usize * bs + p % bs;
-        let v = &vc[slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd];
-        E::axpy(E::operand(w / sum), v, out);
+    for (slot, &w) in slots().zip(scores.iter()) {
+        E::axpy(w, &vc[head(slot)], out);
     }
 }
 
@@ -213,7 +213,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Dense causal attention on contiguous K/V, the reference for the paged kernel; `round` is
-    /// applied to the query and the softmax weights (the cache type's [`KvElem::operand`]).
+    /// applied to the query and the softmax weights (the cache type's [`KvElem::round_operands`]).
     #[allow(clippy::too_many_arguments)]
     fn dense(
         q: &[f32],
@@ -268,8 +268,8 @@ mod tests {
         let pool = ThreadPool::new(2);
         type Round = fn(f32) -> f32;
         let cases: [(KvRef, Round); 2] = [
-            (KvRef::F32 { k: &k32, v: &v32 }, <f32 as KvElem>::operand),
-            (KvRef::F16 { k: &k16, v: &v16 }, <u16 as KvElem>::operand),
+            (KvRef::F32 { k: &k32, v: &v32 }, |x| x),
+            (KvRef::F16 { k: &k16, v: &v16 }, |x| half::f16::from_f32(x).to_f32()),
         ];
         for (data, round) in cases {
             let mut want = vec![0f32; q.len()];

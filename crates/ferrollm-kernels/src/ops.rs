@@ -164,9 +164,30 @@ pub fn f32_to_f16_row(x: &[f32], out: &mut [u16]) {
 }
 
 /// Reference for [`f32_to_f16_row`].
+#[inline]
 pub fn f32_to_f16_row_scalar(x: &[f32], out: &mut [u16]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = half::f16::from_f32(v).to_bits();
+    }
+}
+
+/// Rounds every value to the nearest f16 (ties to even), keeping it as f32: F16C where
+/// available, else [`round_to_f16_scalar`]; both give the same bits.
+pub fn round_to_f16(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time.
+        unsafe { x86::round_to_f16(x) };
+        return;
+    }
+    round_to_f16_scalar(x)
+}
+
+/// Reference for [`round_to_f16`].
+#[inline]
+pub fn round_to_f16_scalar(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = half::f16::from_f32(*v).to_f32();
     }
 }
 
@@ -184,6 +205,7 @@ pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
 }
 
 /// Reference for [`dot_f16`].
+#[inline]
 pub fn dot_f16_scalar(a: &[f32], b: &[u16]) -> f32 {
     a.iter().zip(b).map(|(&x, &h)| x * half::f16::from_bits(h).to_f32()).sum()
 }
@@ -202,6 +224,7 @@ pub fn axpy_f16(a: f32, x: &[u16], y: &mut [f32]) {
 }
 
 /// Reference for [`axpy_f16`].
+#[inline]
 pub fn axpy_f16_scalar(a: f32, x: &[u16], y: &mut [f32]) {
     for (yi, &h) in y.iter_mut().zip(x) {
         *yi += a * half::f16::from_bits(h).to_f32();
@@ -286,6 +309,24 @@ mod x86 {
             i += 8;
         }
         super::f32_to_f16_row_scalar(&x[i..], &mut out[i..]);
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn round_to_f16(x: &mut [f32]) {
+        let n = x.len();
+        let p = x.as_mut_ptr();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n and `x` holds n floats, borrowed mutably.
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p.add(i)));
+                _mm256_storeu_ps(p.add(i), _mm256_cvtph_ps(h));
+            }
+            i += 8;
+        }
+        super::round_to_f16_scalar(&mut x[i..]);
     }
 
     /// # Safety
@@ -374,6 +415,11 @@ mod tests {
             f32_to_f16_row(&x, &mut h1);
             f32_to_f16_row_scalar(&x, &mut h2);
             assert_eq!(h1, h2, "f16 conversion n={n}");
+            let (mut r1, mut r2) = (x.clone(), x.clone());
+            round_to_f16(&mut r1);
+            round_to_f16_scalar(&mut r2);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&r1), bits(&r2), "f16 rounding n={n}");
 
             let a: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
