@@ -27,7 +27,7 @@ use ferrollm_core::{ModelRunnerOutput, SchedulerOutput};
 use ferrollm_kernels::Backend;
 use ferrollm_models::{load_model, ForwardBatch, KvCache, LlamaModel, ModelConfig, SeqSlice};
 
-use super::{prepare_row, sampler, spec_decode, ModelRunner};
+use super::{Draft, ModelRunner};
 
 /// A loaded draft model; its KV cache is built when it joins a runner.
 pub struct DraftModel {
@@ -88,19 +88,6 @@ impl DraftModel {
     pub fn weight_bytes(&self) -> usize {
         self.model.weight_bytes()
     }
-}
-
-/// One request's drafting this step.
-struct Draft<'a> {
-    /// Index in `out.scheduled`.
-    idx: usize,
-    table: &'a [u32],
-    /// Position of the newest token (the input of the next pass).
-    pos: usize,
-    max: usize,
-    input: u32,
-    drafts: Vec<u32>,
-    probs: Vec<Vec<f32>>,
 }
 
 impl ModelRunner {
@@ -195,35 +182,7 @@ impl ModelRunner {
             for (r, &i) in active.iter().enumerate() {
                 let d = &mut ds[i];
                 let st = self.states.get_mut(&out.scheduled[d.idx].req_id).expect("known request");
-                let mut hist = st.output_token_ids.clone();
-                hist.extend_from_slice(&d.drafts);
-                let row = prepare_row(
-                    &logits[r * vocab..(r + 1) * vocab],
-                    self.sampleable_vocab,
-                    &self.eos_token_ids,
-                    &st.params,
-                    None,
-                    &st.prompt_token_ids,
-                    &hist,
-                );
-                let t = if st.params.is_greedy() {
-                    sampler::argmax(&row)
-                } else {
-                    let Some(c) = sampler::candidates(&row, &st.params) else {
-                        d.max = d.drafts.len();
-                        continue;
-                    };
-                    let c = spec_decode::normalize(c);
-                    let t = sampler::draw(&c, &mut st.rng);
-                    let mut q = vec![0f32; vocab];
-                    for &(tok, p) in &c {
-                        q[tok as usize] = p;
-                    }
-                    d.probs.push(q);
-                    t
-                };
-                d.drafts.push(t);
-                d.input = t;
+                d.push_next(&logits[r * vocab..(r + 1) * vocab], st, self.sampleable_vocab, &self.eos_token_ids);
             }
             // The next pass: one token per request that wants another draft.
             active.retain(|&i| ds[i].drafts.len() < ds[i].max);

@@ -41,6 +41,49 @@ impl RequestState {
     }
 }
 
+/// One request's state while a drafter (layer-skip or a draft model) proposes its tokens.
+struct Draft<'a> {
+    /// Index in `out.scheduled`.
+    idx: usize,
+    table: &'a [u32],
+    /// Position of the newest (not yet computed) token, the input of the next pass.
+    pos: usize,
+    max: usize,
+    input: u32,
+    drafts: Vec<u32>,
+    probs: Vec<Vec<f32>>,
+}
+
+impl Draft<'_> {
+    /// Appends the next draft, chosen from the drafter's logits `raw`: the argmax for greedy
+    /// requests; for sampled ones a draw from the drafter's own distribution (the same
+    /// transforms as the target's), kept as `q` for verification. Ends drafting when nothing
+    /// can be drawn.
+    fn push_next(&mut self, raw: &[f32], st: &mut RequestState, sampleable: usize, eos: &[u32]) {
+        let mut hist = st.output_token_ids.clone();
+        hist.extend_from_slice(&self.drafts);
+        let row = prepare_row(raw, sampleable, eos, &st.params, None, &st.prompt_token_ids, &hist);
+        let t = if st.params.is_greedy() {
+            sampler::argmax(&row)
+        } else {
+            let Some(c) = sampler::candidates(&row, &st.params) else {
+                self.max = self.drafts.len();
+                return;
+            };
+            let c = spec_decode::normalize(c);
+            let t = sampler::draw(&c, &mut st.rng);
+            let mut q = vec![0f32; raw.len()];
+            for &(tok, p) in &c {
+                q[tok as usize] = p;
+            }
+            self.probs.push(q);
+            t
+        };
+        self.drafts.push(t);
+        self.input = t;
+    }
+}
+
 /// The drafter run after each step (speculative decoding).
 #[derive(Debug, Clone, Copy)]
 enum Drafter {
@@ -308,16 +351,6 @@ impl ModelRunner {
     /// the next step's verification recomputes the same positions and overwrites them, and
     /// since the first layers compute the same thing in both, the KV before them is shared.
     fn draft_layer_skip(&mut self, out: &SchedulerOutput, layers: usize, k: usize, result: &mut ModelRunnerOutput) {
-        struct Draft<'a> {
-            idx: usize,
-            table: &'a [u32],
-            /// Position of the newest (not yet computed) token.
-            pos: usize,
-            max: usize,
-            input: u32,
-            drafts: Vec<u32>,
-            probs: Vec<Vec<f32>>,
-        }
         let bs = self.kv.block_size;
         let mut ds: Vec<Draft> = Vec::new();
         for (idx, s) in out.scheduled.iter().enumerate() {
@@ -369,37 +402,7 @@ impl ModelRunner {
             for (r, &i) in active.iter().enumerate() {
                 let d = &mut ds[i];
                 let st = self.states.get_mut(&out.scheduled[d.idx].req_id).expect("known request");
-                let mut hist = st.output_token_ids.clone();
-                hist.extend_from_slice(&d.drafts);
-                let row = prepare_row(
-                    &logits[r * vocab..(r + 1) * vocab],
-                    self.sampleable_vocab,
-                    &self.eos_token_ids,
-                    &st.params,
-                    None,
-                    &st.prompt_token_ids,
-                    &hist,
-                );
-                let t = if st.params.is_greedy() {
-                    sampler::argmax(&row)
-                } else {
-                    // Sampled requests draw drafts from the drafter's own distribution (the
-                    // same transforms as the target's), which verification needs as `q`.
-                    let Some(c) = sampler::candidates(&row, &st.params) else {
-                        d.max = d.drafts.len();
-                        continue;
-                    };
-                    let c = spec_decode::normalize(c);
-                    let t = sampler::draw(&c, &mut st.rng);
-                    let mut q = vec![0f32; vocab];
-                    for &(tok, p) in &c {
-                        q[tok as usize] = p;
-                    }
-                    d.probs.push(q);
-                    t
-                };
-                d.drafts.push(t);
-                d.input = t;
+                d.push_next(&logits[r * vocab..(r + 1) * vocab], st, self.sampleable_vocab, &self.eos_token_ids);
             }
         }
         for d in ds {
