@@ -299,7 +299,6 @@ fn n_completions_with_seeds_are_valid_and_reproducible_and_jump_forward_saves_st
         SamplingParams { n: 3, temperature: 1.0, seed: Some(3), ..json_params(&schema, &SamplingParams::greedy(300)) };
     let validator = jsonschema::options().should_validate_formats(true).build(&schema).unwrap();
     let mut steps = Vec::new();
-    let mut texts = Vec::new();
     for jump_forward in [true, false] {
         let llm = llm_with(common::smollm2(), |a| a.jump_forward = jump_forward);
         let out = llm.generate(&[prompt.as_str()], &sampled).unwrap().remove(0);
@@ -315,7 +314,6 @@ fn n_completions_with_seeds_are_valid_and_reproducible_and_jump_forward_saves_st
         llm.generate(&[prompt.as_str()], &json_params(&schema, &SamplingParams::greedy(300))).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));
         steps.push(llm.engine().scheduler_stats().num_steps - before);
-        texts.push(out.outputs.iter().map(|o| o.text.clone()).collect::<Vec<_>>());
     }
     assert!(steps[0] * 3 <= steps[1] * 2, "jump-forward should need far fewer forward passes: {steps:?}");
 }

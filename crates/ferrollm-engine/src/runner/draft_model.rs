@@ -27,7 +27,7 @@ use ferrollm_core::{ModelRunnerOutput, SchedulerOutput};
 use ferrollm_kernels::Backend;
 use ferrollm_models::{load_model, ForwardBatch, KvCache, LlamaModel, ModelConfig, SeqSlice};
 
-use super::{Draft, ModelRunner};
+use super::{Draft, DraftPass, ModelRunner};
 
 /// A loaded draft model; its KV cache is built when it joins a runner.
 pub struct DraftModel {
@@ -189,31 +189,9 @@ impl ModelRunner {
             if active.is_empty() {
                 break;
             }
-            let m = active.len();
-            let (mut token_ids, mut positions, mut slots, mut seqs) =
-                (Vec::with_capacity(m), Vec::with_capacity(m), Vec::with_capacity(m), Vec::with_capacity(m));
-            for (r, &i) in active.iter().enumerate() {
-                let d = &mut ds[i];
-                token_ids.push(d.input);
-                positions.push(d.pos as u32);
-                slots.push(kv.slot(d.table, d.pos));
-                seqs.push(SeqSlice { query_start: r, query_len: 1, start_pos: d.pos, block_table: d.table });
-                d.pos += 1;
-            }
-            let rows: Vec<usize> = (0..m).collect();
-            let batch = ForwardBatch {
-                token_ids: &token_ids,
-                positions: &positions,
-                slot_mapping: &slots,
-                seqs: &seqs,
-                logits_indices: &rows,
-            };
-            logits = model.forward(&batch, kv);
+            let pass = DraftPass::new(&mut ds, &active, kv);
+            logits = model.forward(&pass.batch(), kv);
         }
-        for d in ds {
-            let st = self.states.get_mut(&out.scheduled[d.idx].req_id).expect("known request");
-            st.draft_probs = (!d.probs.is_empty()).then_some(d.probs);
-            result.spec_token_ids[d.idx] = d.drafts;
-        }
+        self.hand_over_drafts(ds, out, result);
     }
 }

@@ -84,6 +84,49 @@ impl Draft<'_> {
     }
 }
 
+/// Inputs of one drafting pass: each active draft's newest token at its position, one token
+/// per request, one logits row each.
+struct DraftPass<'a> {
+    token_ids: Vec<u32>,
+    positions: Vec<u32>,
+    slots: Vec<usize>,
+    seqs: Vec<SeqSlice<'a>>,
+    rows: Vec<usize>,
+}
+
+impl<'a> DraftPass<'a> {
+    /// The pass for drafts `active` of `ds`; moves each one's position past its input.
+    fn new(ds: &mut [Draft<'a>], active: &[usize], kv: &KvCache) -> DraftPass<'a> {
+        let m = active.len();
+        let mut p = DraftPass {
+            token_ids: Vec::with_capacity(m),
+            positions: Vec::with_capacity(m),
+            slots: Vec::with_capacity(m),
+            seqs: Vec::with_capacity(m),
+            rows: (0..m).collect(),
+        };
+        for (r, &i) in active.iter().enumerate() {
+            let d = &mut ds[i];
+            p.token_ids.push(d.input);
+            p.positions.push(d.pos as u32);
+            p.slots.push(kv.slot(d.table, d.pos));
+            p.seqs.push(SeqSlice { query_start: r, query_len: 1, start_pos: d.pos, block_table: d.table });
+            d.pos += 1;
+        }
+        p
+    }
+
+    fn batch(&self) -> ForwardBatch<'_> {
+        ForwardBatch {
+            token_ids: &self.token_ids,
+            positions: &self.positions,
+            slot_mapping: &self.slots,
+            seqs: &self.seqs,
+            logits_indices: &self.rows,
+        }
+    }
+}
+
 /// The drafter run after each step (speculative decoding).
 #[derive(Debug, Clone, Copy)]
 enum Drafter {
@@ -134,15 +177,16 @@ fn prepare_row(
         mask.apply(&mut row);
     }
     if output.len() < params.min_tokens {
-        let before = row.clone();
-        for &t in eos_token_ids.iter().chain(&params.stop_token_ids) {
-            if let Some(l) = row.get_mut(t as usize) {
-                *l = f32::NEG_INFINITY;
-            }
+        let stops = || eos_token_ids.iter().chain(&params.stop_token_ids).map(|&t| t as usize);
+        let masked: Vec<(usize, f32)> = stops().filter_map(|t| Some((t, *row.get(t)?))).collect();
+        for &(t, _) in &masked {
+            row[t] = f32::NEG_INFINITY;
         }
         // A finished grammar allows only end-of-sequence: the grammar wins over min_tokens.
         if row.iter().all(|l| *l == f32::NEG_INFINITY) {
-            row = before;
+            for (t, l) in masked {
+                row[t] = l;
+            }
         }
     }
     sampler::apply_penalties(&mut row, params, prompt, output);
@@ -372,39 +416,25 @@ impl ModelRunner {
             }
         }
         let vocab = self.model.config.vocab_size;
-        for j in 0..k {
+        for _ in 0..k {
             let active: Vec<usize> = (0..ds.len()).filter(|&i| ds[i].drafts.len() < ds[i].max).collect();
             if active.is_empty() {
                 break;
             }
-            let m = active.len();
-            let mut token_ids = Vec::with_capacity(m);
-            let mut positions = Vec::with_capacity(m);
-            let mut slots = Vec::with_capacity(m);
-            let mut seqs = Vec::with_capacity(m);
-            for (r, &i) in active.iter().enumerate() {
-                let d = &ds[i];
-                let pos = d.pos + j;
-                token_ids.push(d.input);
-                positions.push(pos as u32);
-                slots.push(self.kv.slot(d.table, pos));
-                seqs.push(SeqSlice { query_start: r, query_len: 1, start_pos: pos, block_table: d.table });
-            }
-            let logits_indices: Vec<usize> = (0..m).collect();
-            let batch = ForwardBatch {
-                token_ids: &token_ids,
-                positions: &positions,
-                slot_mapping: &slots,
-                seqs: &seqs,
-                logits_indices: &logits_indices,
-            };
-            let logits = self.model.forward_layers(&batch, &mut self.kv, layers);
+            let pass = DraftPass::new(&mut ds, &active, &self.kv);
+            let logits = self.model.forward_layers(&pass.batch(), &mut self.kv, layers);
             for (r, &i) in active.iter().enumerate() {
                 let d = &mut ds[i];
                 let st = self.states.get_mut(&out.scheduled[d.idx].req_id).expect("known request");
                 d.push_next(&logits[r * vocab..(r + 1) * vocab], st, self.sampleable_vocab, &self.eos_token_ids);
             }
         }
+        self.hand_over_drafts(ds, out, result);
+    }
+
+    /// Puts each request's drafts in the step's result, and keeps the drafter's distributions
+    /// (sampled drafts) for the next step's verification.
+    fn hand_over_drafts(&mut self, ds: Vec<Draft>, out: &SchedulerOutput, result: &mut ModelRunnerOutput) {
         for d in ds {
             let st = self.states.get_mut(&out.scheduled[d.idx].req_id).expect("known request");
             st.draft_probs = (!d.probs.is_empty()).then_some(d.probs);
