@@ -88,7 +88,8 @@ fn random_matrix(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> QMatr
             b
         }
     };
-    QMatrix::new(dtype, rows, cols, Bytes::from_vec(bytes)).unwrap()
+    // As a model loads it (FERROLLM_NO_REPACK=1 keeps the row layout, for comparisons).
+    QMatrix::new(dtype, rows, cols, Bytes::from_vec(bytes)).unwrap().prepared_for_matmul()
 }
 
 /// Fastest seconds per call of `f`: on a shared machine, the calls that were not preempted.

@@ -16,7 +16,7 @@ pub mod threadpool;
 pub use attention::{AttentionSeq, KvElem, KvMut, KvRef, PagedKv};
 pub use backend::{Backend, CpuBackend};
 pub use dtype::DType;
-pub use qmatrix::{Bytes, QMatrix};
+pub use qmatrix::{Backing, Bytes, Layout, QMatrix};
 pub use threadpool::ThreadPool;
 
 /// Errors raised when weights do not fit what a kernel can handle.

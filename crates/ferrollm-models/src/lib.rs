@@ -6,6 +6,7 @@ pub mod error;
 pub mod gguf;
 pub mod llama;
 pub mod loader;
+mod mapped;
 pub mod safetensors_dir;
 pub mod tokenizer;
 pub mod weights;

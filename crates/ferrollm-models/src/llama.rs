@@ -133,6 +133,11 @@ fn vector(src: &dyn WeightSource, name: &str, len: usize) -> Result<Vec<f32>, Mo
     t.to_f32()
 }
 
+/// A projection's weights, in the layout the matmul kernels read fastest.
+fn linear(src: &dyn WeightSource, name: &str, rows: usize, cols: usize) -> Result<QMatrix, ModelError> {
+    Ok(matrix(src, name, rows, cols)?.prepared_for_matmul())
+}
+
 fn matrix(src: &dyn WeightSource, name: &str, rows: usize, cols: usize) -> Result<QMatrix, ModelError> {
     let t = src.tensor(name)?;
     if t.shape != [rows, cols] {
@@ -157,22 +162,23 @@ impl LlamaModel {
             let p = |s: &str| format!("blk.{i}.{s}");
             layers.push(Layer {
                 attn_norm: vector(src, &p("attn_norm.weight"), h)?,
-                wq: matrix(src, &p("attn_q.weight"), q_dim, h)?,
-                wk: matrix(src, &p("attn_k.weight"), kv_dim, h)?,
-                wv: matrix(src, &p("attn_v.weight"), kv_dim, h)?,
-                wo: matrix(src, &p("attn_output.weight"), h, q_dim)?,
+                wq: linear(src, &p("attn_q.weight"), q_dim, h)?,
+                wk: linear(src, &p("attn_k.weight"), kv_dim, h)?,
+                wv: linear(src, &p("attn_v.weight"), kv_dim, h)?,
+                wo: linear(src, &p("attn_output.weight"), h, q_dim)?,
                 bq: bias(p("attn_q.bias"), q_dim)?,
                 bk: bias(p("attn_k.bias"), kv_dim)?,
                 bv: bias(p("attn_v.bias"), kv_dim)?,
                 ffn_norm: vector(src, &p("ffn_norm.weight"), h)?,
-                w_gate: matrix(src, &p("ffn_gate.weight"), c.intermediate_size, h)?,
-                w_up: matrix(src, &p("ffn_up.weight"), c.intermediate_size, h)?,
-                w_down: matrix(src, &p("ffn_down.weight"), h, c.intermediate_size)?,
+                w_gate: linear(src, &p("ffn_gate.weight"), c.intermediate_size, h)?,
+                w_up: linear(src, &p("ffn_up.weight"), c.intermediate_size, h)?,
+                w_down: linear(src, &p("ffn_down.weight"), h, c.intermediate_size)?,
             });
         }
         let embed = matrix(src, "token_embd.weight", c.vocab_size, h)?;
         let lm_head =
-            if src.has("output.weight") { matrix(src, "output.weight", c.vocab_size, h)? } else { embed.clone() };
+            // Tied embeddings: the lookup keeps the row layout, the head gets its own copy.
+            if src.has("output.weight") { linear(src, "output.weight", c.vocab_size, h)? } else { embed.clone().prepared_for_matmul() };
         let norm = vector(src, "output_norm.weight", h)?;
         let rope = RopeTable::new(c.head_dim, c.max_position_embeddings, c.rope_theta);
         Ok(LlamaModel { config, embed, layers, norm, lm_head, rope, backend })

@@ -8,19 +8,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferrollm_kernels::{Bytes, DType};
+use ferrollm_kernels::{Backing, Bytes, DType};
 use safetensors::{Dtype, SafeTensors};
 
+use crate::mapped::MappedFile;
 use crate::{ModelConfig, ModelError, TensorData, WeightSource};
-
-/// Owns one file's mapping, shared by its tensors' [`Bytes`] views.
-struct MmapOwner(memmap2::Mmap);
-
-impl AsRef<[u8]> for MmapOwner {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
 
 struct Entry {
     file: usize,
@@ -35,7 +27,7 @@ struct Entry {
 pub struct SafetensorsDir {
     dir: PathBuf,
     config: ModelConfig,
-    files: Vec<(PathBuf, Arc<MmapOwner>)>,
+    files: Vec<(PathBuf, Arc<MappedFile>)>,
     /// Keyed by GGUF name.
     tensors: HashMap<String, Entry>,
 }
@@ -130,12 +122,9 @@ impl SafetensorsDir {
     }
 }
 
-fn map_file(path: &Path) -> Result<Arc<MmapOwner>, ModelError> {
+fn map_file(path: &Path) -> Result<Arc<MappedFile>, ModelError> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
-    // SAFETY: read-only mapping; we never create mutable references into it. Concurrent
-    // modification of the file by another process is out of scope, as for every mmap loader.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
-    Ok(Arc::new(MmapOwner(map)))
+    Ok(Arc::new(MappedFile::map(&file).map_err(io_err(path))?))
 }
 
 fn dtype_of(d: Dtype) -> Option<DType> {
@@ -155,7 +144,7 @@ impl WeightSource for SafetensorsDir {
             dtype: format!("{:?}", e.dtype),
         })?;
         let (path, owner) = &self.files[e.file];
-        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = owner.clone();
+        let owner: Arc<dyn Backing> = owner.clone();
         let bytes = Bytes::new(owner, e.start, e.len).ok_or_else(|| ModelError::BadSafetensors {
             path: path.display().to_string(),
             reason: format!("tensor '{}' data lies outside the file", e.hf_name),

@@ -199,7 +199,16 @@ fn qwen2_5_q4_k_m_agrees_with_llama_cpp() {
     assert_agreement("Qwen2.5-Coder-0.5B Q4_K_M", &a, 0.98);
 }
 
-/// Greedy continuations of llama.cpp, token for token, with a full KV-cached decode loop.
+/// Largest gap, in llama.cpp's own log-probabilities, between its greedy token and ours at a
+/// step where the two differ. Activations are quantized to 8 bits before every matmul, and a
+/// rounding flip upstream moves single logits by a few tenths of a nat (the mean KL against
+/// llama.cpp, bounded above, is what stays put), so a near-tie may go either way.
+const NEAR_TIE_NATS: f64 = 0.5;
+
+/// Greedy continuations of llama.cpp, step by step and teacher-forced on its tokens (one
+/// near-tie must not derail the rest), with a full recompute per step. Every step must pick
+/// llama.cpp's token, except at a near-tie: our token must then be in its top list within
+/// [`NEAR_TIE_NATS`] of its best; and at least three quarters of the steps must agree exactly.
 fn greedy_matches(file: &str, fixture: &str) {
     let m = model(file);
     let fx: Value = serde_json::from_str(
@@ -207,27 +216,40 @@ fn greedy_matches(file: &str, fixture: &str) {
     )
     .expect("fixture JSON");
     for g in fx["greedy"].as_array().unwrap() {
-        let prompt: Vec<u32> =
-            g["prompt_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let want: Vec<u32> =
-            g["generated_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids =
+            |v: &Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
+        let prompt = ids(&g["prompt_token_ids"]);
+        let want = ids(&g["generated_token_ids"]);
+        let steps = g["steps"].as_array().unwrap();
         let mut tokens = prompt.clone();
-        let mut got = Vec::new();
-        for _ in 0..want.len() {
+        let (mut got, mut exact) = (Vec::new(), 0);
+        for (i, &theirs) in want.iter().enumerate() {
             // Recomputing from scratch keeps this independent of the engine; sizes are tiny.
             let logits = logits_all(&m, &tokens, 64);
             let last = logits.last().unwrap();
-            let next = last.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
-            got.push(next);
-            tokens.push(next);
+            let ours = last.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            if ours == theirs {
+                exact += 1;
+            } else {
+                let top = steps[i]["top"].as_array().unwrap();
+                let lp =
+                    |id: u32| top.iter().find(|e| e[0].as_u64() == Some(id as u64)).map(|e| e[1].as_f64().unwrap());
+                let (best, mine) = (lp(theirs).unwrap(), lp(ours));
+                assert!(
+                    mine.is_some_and(|mine| best - mine <= NEAR_TIE_NATS),
+                    "{} step {i}: we pick {ours}, llama.cpp {theirs} (its logprobs {best:.3} vs {mine:?})",
+                    g["name"]
+                );
+            }
+            got.push(ours);
+            tokens.push(theirs);
         }
         let text = m.tokenizer.decode(&got, false).unwrap();
+        eprintln!("{}: {exact}/{} steps exactly as llama.cpp: {text:?}", g["name"], want.len());
         if g["name"] == "france" {
             assert!(text.starts_with(" Paris"), "got {text:?}");
         }
-        // Two implementations with different rounding part ways at the first near-tie, so only
-        // the opening tokens must agree exactly; the agreement tests above bound the rest.
-        assert_eq!(&got[..3], &want[..3], "{}: greedy diverged from llama.cpp: {text:?}", g["name"]);
+        assert!(exact * 4 >= want.len() * 3, "{}: only {exact}/{} steps agree", g["name"], want.len());
     }
 }
 

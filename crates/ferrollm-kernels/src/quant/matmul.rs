@@ -8,7 +8,9 @@
 
 use super::act::{self, BlockQ8A, BlockQ8K};
 use super::float::{self, Float};
+use super::x8::{self, BlockX8, Interleave};
 use super::{block32, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
+use crate::qmatrix::Layout;
 use crate::threadpool::DisjointSlice;
 use crate::{DType, QMatrix, ThreadPool};
 
@@ -30,9 +32,9 @@ pub fn matmul(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, out: &mut [f3
 pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
     assert_eq!(ws.len(), outs.len(), "one output per matrix");
     let Some(w0) = ws.first() else { return };
-    let same = |a: &QMatrix, b: &QMatrix| a.dtype == b.dtype && a.cols == b.cols;
+    let same = |a: &QMatrix, b: &QMatrix| a.dtype == b.dtype && a.cols == b.cols && a.layout() == b.layout();
     if ws.iter().any(|w| !same(w, w0)) {
-        // One fused call per (dtype, width) group, e.g. Q and K when V has another dtype.
+        // One fused call per (dtype, width, layout) group, e.g. Q and K when V has another dtype.
         let mut slots: Vec<Option<&mut [f32]>> = outs.iter_mut().map(|o| Some(&mut **o)).collect();
         for i in 0..ws.len() {
             if slots[i].is_none() {
@@ -59,6 +61,16 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
     let q8a = act::quantize_q8a as fn(&[f32], &mut [BlockQ8A]);
     let q8k = act::quantize_q8k as fn(&[f32], &mut [BlockQ8K]);
     let f32a = act::copy_f32 as fn(&[f32], &mut [f32]);
+    if w0.layout() == Layout::Interleaved8 {
+        match w0.dtype {
+            DType::Q4_0 => run_x8::<q4_0::BlockQ4_0, 0, 0>(pool, ws, x, n, outs),
+            DType::Q4_1 => run_x8::<q4_1::BlockQ4_1, 16, 0>(pool, ws, x, n, outs),
+            DType::Q5_0 => run_x8::<q5_0::BlockQ5_0, 0, 32>(pool, ws, x, n, outs),
+            DType::Q5_1 => run_x8::<q5_1::BlockQ5_1, 16, 32>(pool, ws, x, n, outs),
+            other => unreachable!("{} has no interleaved layout", other.name()),
+        }
+        return;
+    }
     match w0.dtype {
         DType::F32 => run(pool, ws, x, n, outs, 1, f32a, |b, rb, a, o| float::dot_rows(Float::F32, b, rb, a, o)),
         DType::F16 => run(pool, ws, x, n, outs, 1, f32a, |b, rb, a, o| float::dot_rows(Float::F16, b, rb, a, o)),
@@ -135,6 +147,60 @@ fn run<A, D>(
                         for (i, v) in o.iter_mut().enumerate() {
                             *v = tmp[i * k + j];
                         }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// [`run`] for matrices in [`Layout::Interleaved8`]: tasks take runs of 8-row groups; within a
+/// task, tokens go in L2-sized blocks, and each group (a few KiB, so it stays in L1) meets every
+/// token of the block, four per kernel call, writing eight outputs per token directly.
+fn run_x8<W: Interleave, const MB: usize, const HB: usize>(
+    pool: &ThreadPool,
+    ws: &[&QMatrix],
+    x: &[f32],
+    n: usize,
+    outs: &mut [&mut [f32]],
+) {
+    let cols = ws[0].cols;
+    let apr = cols / 32;
+    let acts = quantize_acts(pool, x, n, cols, apr, act::quantize_q8a);
+    let group_bytes = apr * std::mem::size_of::<BlockX8<MB, HB>>();
+    let total_groups: usize = ws.iter().map(|w| w.rows / x8::ROWS).sum();
+    let threads = pool.num_threads();
+    let n_tasks = if threads == 1 { 1 } else { (threads * 8).min(total_groups).max(1) };
+    let chunk = total_groups.div_ceil(n_tasks);
+    // (matrix, first group, end group) of each task.
+    let tasks: Vec<(usize, usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(m, w)| {
+            let groups = w.rows / x8::ROWS;
+            (0..groups).step_by(chunk).map(move |g0| (m, g0, (g0 + chunk).min(groups)))
+        })
+        .collect();
+    let token_block = (TOKEN_BLOCK_BYTES / (apr * std::mem::size_of::<BlockQ8A>()).max(1)).max(TILE) / TILE * TILE;
+    let m_per_d = W::m_per_d();
+    let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
+    pool.run(tasks.len(), |task| {
+        let (m, g0, g1) = tasks[task];
+        let (weights, rows, out) = (ws[m].bytes(), ws[m].rows, &outs[m]);
+        let mut tile = [[0f32; x8::ROWS]; TILE];
+        for tb in (0..n).step_by(token_block) {
+            let tb_end = (tb + token_block).min(n);
+            for g in g0..g1 {
+                let blocks: &[BlockX8<MB, HB>] = super::common::as_blocks(&weights[g * group_bytes..][..group_bytes]);
+                for t in (tb..tb_end).step_by(TILE) {
+                    let k = (tb_end - t).min(TILE);
+                    let a: [&[BlockQ8A]; TILE] = std::array::from_fn(|j| &acts[(t + j.min(k - 1)) * apr..][..apr]);
+                    x8::dot_group(blocks, m_per_d, &a[..k], &mut tile[..k]);
+                    for (j, row) in tile[..k].iter().enumerate() {
+                        // SAFETY: this task alone computes groups g0..g1 (rows 8·g0..8·g1) of
+                        // matrix m for every token; the run `(t + j)·rows + 8g..+8` is borrowed
+                        // only for this copy.
+                        unsafe { out.part((t + j) * rows + g * x8::ROWS, x8::ROWS) }.copy_from_slice(row);
                     }
                 }
             }

@@ -42,6 +42,7 @@ pub mod q6_k;
 pub mod q8_0;
 #[cfg(test)]
 mod tests;
+pub mod x8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

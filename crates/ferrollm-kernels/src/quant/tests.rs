@@ -335,3 +335,62 @@ fn matmul_many_equals_separate_matmuls() {
         }
     }
 }
+
+/// Matrices interleaved eight rows at a time ([`QMatrix::prepared_for_matmul`]) dequantize to
+/// the same values, multiply like the row layout (up to float rounding), and give each token
+/// bit-identical outputs whatever the batch and thread count; `matmul_many` mixes layouts.
+#[test]
+fn interleaved_matmul_matches_rows_and_is_batch_invariant() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (one, two) = (ThreadPool::new(1), ThreadPool::new(2));
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
+        for (rows, cols) in [(8, 32), (64, 576), (136, 160)] {
+            let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
+            let w = QMatrix::new(dtype, rows, cols, crate::Bytes::from_vec(bytes)).unwrap();
+            let p = w.clone().prepared_for_matmul();
+            assert_eq!(p.layout(), crate::qmatrix::Layout::Interleaved8, "{}", dtype.name());
+            assert_eq!(p.bytes().len(), w.bytes().len(), "same bytes per row");
+            assert_eq!(p.to_f32(), w.to_f32(), "{} dequantizes the same", dtype.name());
+            let n = 37;
+            let x = gauss(&mut rng, n * cols, 1.0);
+            let (mut rows_out, mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows], vec![0f32; n * rows]);
+            w.matmul(&two, &x, n, &mut rows_out);
+            p.matmul(&one, &x, n, &mut a);
+            p.matmul(&two, &x, n, &mut b);
+            assert_eq!(a, b, "{} {rows}x{cols}: thread count changed the result", dtype.name());
+            for (got, want) in a.iter().zip(&rows_out) {
+                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{}: {got} vs {want}", dtype.name());
+            }
+            // Any split of the batch gives the same bits per token.
+            let mut split = vec![0f32; n * rows];
+            let mut t = 0;
+            for k in [1usize, 4, 3, 5, 2, 22] {
+                p.matmul(&two, &x[t * cols..(t + k) * cols], k, &mut split[t * rows..(t + k) * rows]);
+                t += k;
+            }
+            assert_eq!(split, a, "{} {rows}x{cols}: batch split changed the result", dtype.name());
+        }
+    }
+    // Rows that do not split into groups of eight keep the row layout.
+    let w = quantize_matrix(DType::Q4_1, 12, 64, &gauss(&mut rng, 12 * 64, 1.0)).prepared_for_matmul();
+    assert_eq!(w.layout(), crate::qmatrix::Layout::Rows);
+    // One fused call over matrices of both layouts equals separate calls.
+    let ws = [
+        quantize_matrix(DType::Q4_1, 16, 64, &gauss(&mut rng, 16 * 64, 1.0)).prepared_for_matmul(),
+        w,
+        quantize_matrix(DType::Q4_1, 24, 64, &gauss(&mut rng, 24 * 64, 1.0)).prepared_for_matmul(),
+    ];
+    let x = gauss(&mut rng, 5 * 64, 1.0);
+    let want: Vec<Vec<f32>> = ws
+        .iter()
+        .map(|w| {
+            let mut o = vec![0f32; 5 * w.rows];
+            w.matmul(&two, &x, 5, &mut o);
+            o
+        })
+        .collect();
+    let mut got: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; 5 * w.rows]).collect();
+    let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+    matmul_many(&two, &ws.iter().collect::<Vec<_>>(), &x, 5, &mut outs);
+    assert_eq!(got, want);
+}

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ferrollm_kernels::{Bytes, DType};
+use ferrollm_kernels::{Backing, Bytes, DType};
 
 pub use cut::{cut_layers, CutSummary};
 pub use value::{MetadataArray, MetadataValue};
@@ -57,19 +57,10 @@ impl GgufTensorInfo {
     }
 }
 
-/// Owns the mapping so it can be shared by every tensor's [`Bytes`] view.
-struct MmapOwner(memmap2::Mmap);
-
-impl AsRef<[u8]> for MmapOwner {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 /// An opened GGUF file.
 pub struct GgufFile {
     path: String,
-    data: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    data: Arc<dyn Backing>,
     version: u32,
     metadata: Vec<(String, MetadataValue)>,
     meta_index: HashMap<String, usize>,
@@ -104,12 +95,8 @@ impl GgufFile {
                 reason: format!("file is {len} bytes, too short for a GGUF header"),
             });
         }
-        // SAFETY: the mapping is read-only and we never hand out mutable access. As with every
-        // mmap-based loader (llama.cpp included), another process truncating or rewriting the
-        // file while it is mapped is outside what we can defend against; we document that model
-        // files must not be modified while ferrollm runs.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-        Self::from_shared(shown, Arc::new(MmapOwner(map)))
+        let map = crate::mapped::MappedFile::map(&file).map_err(io_err)?;
+        Self::from_shared(shown, Arc::new(map))
     }
 
     /// Parses a GGUF image held in memory (tests, fuzzing, or files fetched some other way).
@@ -117,7 +104,7 @@ impl GgufFile {
         Self::from_shared("<memory>".to_string(), Arc::new(bytes))
     }
 
-    fn from_shared(path: String, data: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<GgufFile, ModelError> {
+    fn from_shared(path: String, data: Arc<dyn Backing>) -> Result<GgufFile, ModelError> {
         let p = parse::parse((*data).as_ref()).map_err(|reason| ModelError::BadGguf { path: path.clone(), reason })?;
         Ok(GgufFile {
             path,

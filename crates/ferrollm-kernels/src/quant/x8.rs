@@ -1,0 +1,452 @@
+//! Eight weight rows interleaved block by block, for the 32-element unsigned formats (Q4_0,
+//! Q4_1, Q5_0, Q5_1): the layout matmuls read fastest, made once at load time.
+//!
+//! Why: in GGUF's row-major layout a kernel dots one row at a time, so every block costs a
+//! widening, a horizontal reduction and a float conversion per token. Interleaved, one 32-byte
+//! load holds four quants of each of eight rows; one `maddubs` against four broadcast
+//! activation bytes gives eight rows' partial sums at once. Eight such steps cover a block, the
+//! sums stay in i16 (they cannot overflow, see [`dot_blocks`]), and one widening, conversion and
+//! FMA per block and token update eight rows' accumulators, which end as eight outputs with no
+//! horizontal sum. This is llama.cpp's "repack" idea (its `q4_0_8x8`), for our formats.
+//!
+//! Every output is computed as `acc = fma(isum, dw·da, acc); acc = fma(m, sa, acc)`, block
+//! after block, whatever the number of tokens in the call. The scalar path performs the same
+//! operations with `f32::mul_add`, so results are bit-identical between paths and between
+//! batch shapes: a token's logits do not depend on what else is in the step.
+//!
+//! Bytes per row are those of the source format, so decode streams exactly as many bytes.
+
+use super::act::BlockQ8A;
+use super::block32::Unsigned32;
+use super::common::{as_blocks, f16_to_f32, has_avx2, Block};
+use super::{q4_0, q4_1, q5_0, q5_1};
+use crate::DType;
+
+/// Rows per interleaved group.
+pub const ROWS: usize = 8;
+
+/// One column position (32 weights) of eight rows.
+///
+/// `qs`: four 32-byte chunks; in chunk `c`, byte `4r + i` holds row `r`'s quant `4c + i` in its
+/// low nibble and quant `16 + 4c + i` in its high nibble. Step `s` (0..8) is chunk `s`'s low
+/// nibbles for `s < 4`, chunk `s - 4`'s high nibbles after. `qh` (Q5 formats, `HB = 32`): bit
+/// `s` of byte `4r + i` is the fifth bit of that byte's quant in step `s`, so one shift and one
+/// mask give a step's fifth bits in place. `m` (formats that
+/// store an offset, `MB = 16`): the eight f16 offsets.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockX8<const MB: usize, const HB: usize> {
+    pub d: [u8; 16],
+    pub m: [u8; MB],
+    pub qh: [u8; HB],
+    pub qs: [u8; 128],
+}
+
+// SAFETY: repr(C) byte arrays only: alignment 1, no padding, any bit pattern is valid.
+unsafe impl<const MB: usize, const HB: usize> Block for BlockX8<MB, HB> {
+    const BYTES: usize = 16 + MB + HB + 128;
+    const ELEMS: usize = 32 * ROWS;
+}
+
+pub type X8Q4_0 = BlockX8<0, 0>;
+pub type X8Q4_1 = BlockX8<16, 0>;
+pub type X8Q5_0 = BlockX8<0, 32>;
+pub type X8Q5_1 = BlockX8<16, 32>;
+assert_block!(X8Q4_0, 144);
+assert_block!(X8Q4_1, 160);
+assert_block!(X8Q5_0, 176);
+assert_block!(X8Q5_1, 192);
+
+/// A row-major block format and the interleaved block it packs into.
+pub trait Interleave: Unsigned32 {
+    const MB: usize;
+    const HB: usize;
+
+    /// The offset per unit of scale for formats that store none (0 for those that do).
+    fn m_per_d() -> f32 {
+        Self::M_PER_D.unwrap_or(0.0)
+    }
+}
+
+impl Interleave for q4_0::BlockQ4_0 {
+    const MB: usize = 0;
+    const HB: usize = 0;
+}
+impl Interleave for q4_1::BlockQ4_1 {
+    const MB: usize = 16;
+    const HB: usize = 0;
+}
+impl Interleave for q5_0::BlockQ5_0 {
+    const MB: usize = 0;
+    const HB: usize = 32;
+}
+impl Interleave for q5_1::BlockQ5_1 {
+    const MB: usize = 16;
+    const HB: usize = 32;
+}
+
+/// Element index of byte `i` (0..4) of step `s` (0..8).
+#[inline(always)]
+fn element(s: usize, i: usize) -> usize {
+    if s < 4 {
+        4 * s + i
+    } else {
+        16 + 4 * (s - 4) + i
+    }
+}
+
+impl<const MB: usize, const HB: usize> BlockX8<MB, HB> {
+    /// Packs block `b` of eight rows.
+    pub fn pack<W: Interleave>(rows: [&W; ROWS]) -> Self {
+        assert!(W::MB == MB && W::HB == HB, "interleaved layout does not match the source format");
+        let mut out = BlockX8 { d: [0; 16], m: [0; MB], qh: [0; HB], qs: [0; 128] };
+        for (r, w) in rows.iter().enumerate() {
+            let (q, _, _) = w.unpack();
+            out.d[2 * r..2 * r + 2].copy_from_slice(&w.d_bits().to_le_bytes());
+            if MB > 0 {
+                out.m[2 * r..2 * r + 2].copy_from_slice(&w.m_bits().to_le_bytes());
+            }
+            for s in 0..8 {
+                for i in 0..4 {
+                    let v = q[element(s, i)];
+                    let byte = &mut out.qs[32 * (s % 4) + 4 * r + i];
+                    *byte |= (v & 0x0F) << (4 * (s / 4));
+                    if HB > 0 && v & 0x10 != 0 {
+                        out.qh[4 * r + i] |= 1 << s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Row `r`'s 32 quants in element order.
+    pub fn quants(&self, r: usize) -> [u8; 32] {
+        let mut q = [0u8; 32];
+        for s in 0..8 {
+            for i in 0..4 {
+                let byte = self.qs[32 * (s % 4) + 4 * r + i];
+                let mut v = (byte >> (4 * (s / 4))) & 0x0F;
+                if HB > 0 && self.qh[4 * r + i] >> s & 1 != 0 {
+                    v |= 0x10;
+                }
+                q[element(s, i)] = v;
+            }
+        }
+        q
+    }
+
+    /// Row `r`'s scale and offset (`m_per_d` gives the offset of formats that store none).
+    pub fn scales(&self, r: usize, m_per_d: f32) -> (f32, f32) {
+        let d = f16_to_f32([self.d[2 * r], self.d[2 * r + 1]]);
+        let m = if MB > 0 { f16_to_f32([self.m[2 * r], self.m[2 * r + 1]]) } else { d * m_per_d };
+        (d, m)
+    }
+}
+
+/// Interleaves a row-major matrix of `W` blocks (`rows` a multiple of 8) into [`BlockX8`]s:
+/// group `g` holds rows `8g..8g + 8`, its blocks in column order.
+pub fn interleave<W: Interleave, const MB: usize, const HB: usize>(bytes: &[u8], rows: usize) -> Vec<u8> {
+    assert!(rows.is_multiple_of(ROWS), "{rows} rows do not split into groups of {ROWS}");
+    let blocks: &[W] = as_blocks(bytes);
+    let per_row = blocks.len() / rows.max(1);
+    let mut out = Vec::with_capacity(bytes.len());
+    for g in 0..rows / ROWS {
+        for b in 0..per_row {
+            let packed = BlockX8::<MB, HB>::pack(std::array::from_fn(|r| &blocks[(ROWS * g + r) * per_row + b]));
+            out.extend_from_slice(super::common::block_bytes(std::slice::from_ref(&packed)));
+        }
+    }
+    out
+}
+
+/// Row `r` (0..8) of one group's blocks, dequantized into `out` (`32 · blocks.len()` long).
+pub fn dequantize_group_row<const MB: usize, const HB: usize>(
+    blocks: &[BlockX8<MB, HB>],
+    r: usize,
+    m_per_d: f32,
+    out: &mut [f32],
+) {
+    for (b, y) in blocks.iter().zip(out.chunks_exact_mut(32)) {
+        let (d, m) = b.scales(r, m_per_d);
+        for (yi, &q) in y.iter_mut().zip(&b.quants(r)) {
+            *yi = q as f32 * d + m;
+        }
+    }
+}
+
+/// Row `r` (0..8) of an interleaved group of `dtype` (the group's bytes), dequantized.
+pub fn dequantize_row(dtype: DType, group: &[u8], r: usize, out: &mut [f32]) {
+    match dtype {
+        DType::Q4_0 => dequantize_group_row::<0, 0>(as_blocks(group), r, q4_0::BlockQ4_0::m_per_d(), out),
+        DType::Q4_1 => dequantize_group_row::<16, 0>(as_blocks(group), r, 0.0, out),
+        DType::Q5_0 => dequantize_group_row::<0, 32>(as_blocks(group), r, q5_0::BlockQ5_0::m_per_d(), out),
+        DType::Q5_1 => dequantize_group_row::<16, 32>(as_blocks(group), r, 0.0, out),
+        other => panic!("{} has no interleaved layout", other.name()),
+    }
+}
+
+/// `out[t][r]` = row `r` of the group · `acts[t]`, for the group's blocks (one row of them per
+/// column position) and up to 4 tokens; scalar reference, bit-identical to the AVX2 path.
+pub fn dot_group_scalar<const MB: usize, const HB: usize>(
+    blocks: &[BlockX8<MB, HB>],
+    m_per_d: f32,
+    acts: &[&[BlockQ8A]],
+    out: &mut [[f32; ROWS]],
+) {
+    for (a, o) in acts.iter().zip(out.iter_mut()) {
+        assert_eq!(a.len(), blocks.len());
+        *o = [0f32; ROWS];
+        for (blk, ab) in blocks.iter().zip(a.iter()) {
+            for (r, acc) in o.iter_mut().enumerate() {
+                let isum: i32 = blk.quants(r).iter().zip(&ab.qs).map(|(&q, &y)| q as i32 * y as i32).sum();
+                let (d, m) = blk.scales(r, m_per_d);
+                *acc = (isum as f32).mul_add(d * ab.d, *acc);
+                *acc = m.mul_add(ab.s, *acc);
+            }
+        }
+    }
+}
+
+/// [`dot_group_scalar`] with the fastest available code.
+pub fn dot_group<const MB: usize, const HB: usize>(
+    blocks: &[BlockX8<MB, HB>],
+    m_per_d: f32,
+    acts: &[&[BlockQ8A]],
+    out: &mut [[f32; ROWS]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected.
+        unsafe { avx2::dot_group(blocks, m_per_d, acts, out) };
+        return;
+    }
+    dot_group_scalar(blocks, m_per_d, acts, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// [`super::dot_group`] for 1 to 4 tokens.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_group<const MB: usize, const HB: usize>(
+        blocks: &[BlockX8<MB, HB>],
+        m_per_d: f32,
+        acts: &[&[BlockQ8A]],
+        out: &mut [[f32; ROWS]],
+    ) {
+        for a in acts {
+            assert_eq!(a.len(), blocks.len());
+        }
+        assert!(out.len() >= acts.len());
+        match acts.len() {
+            1 => store(dot_blocks::<MB, HB, 1>(blocks, m_per_d, acts.try_into().unwrap()), out),
+            2 => store(dot_blocks::<MB, HB, 2>(blocks, m_per_d, acts.try_into().unwrap()), out),
+            3 => store(dot_blocks::<MB, HB, 3>(blocks, m_per_d, acts.try_into().unwrap()), out),
+            4 => store(dot_blocks::<MB, HB, 4>(blocks, m_per_d, acts.try_into().unwrap()), out),
+            n => panic!("token tile of {n}"),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn store<const T: usize>(acc: [__m256; T], out: &mut [[f32; ROWS]]) {
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` is 8 writable f32s; unaligned store.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+        }
+    }
+
+    /// Four activation bytes starting at element `e`, in every 32-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn broadcast4(qs: &[i8; 32], e: usize) -> __m256i {
+        let b: [i8; 4] = qs[e..e + 4].try_into().unwrap();
+        _mm256_set1_epi32(i32::from_le_bytes(b.map(|x| x as u8)))
+    }
+
+    /// Eight rows' accumulators per token, lane `r` for row `r`.
+    ///
+    /// Integer sums: a `maddubs` lane adds two products of a quant (below 16 for Q4, 32 for Q5)
+    /// and an activation byte (|a| ≤ 127, see [`super::super::act`]), at most 3,810 (Q4) or
+    /// 7,874 (Q5) in magnitude; eight such steps (Q4) or four (Q5) stay below i16's 32,767
+    /// before the widening `madd`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_blocks<const MB: usize, const HB: usize, const T: usize>(
+        blocks: &[BlockX8<MB, HB>],
+        m_per_d: f32,
+        acts: &[&[BlockQ8A]; T],
+    ) -> [__m256; T] {
+        let nib = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for (b, blk) in blocks.iter().enumerate() {
+            // SAFETY: `d` and `m` are 16 readable bytes; unaligned loads.
+            let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.d.as_ptr().cast()) });
+            let mw = if MB > 0 {
+                // SAFETY: as above (`m` is 16 bytes when MB > 0).
+                _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.m.as_ptr().cast()) })
+            } else {
+                _mm256_mul_ps(dw, _mm256_set1_ps(m_per_d))
+            };
+            // SAFETY: `qh` is 32 readable bytes when HB > 0; unaligned load.
+            let qh =
+                if HB > 0 { unsafe { _mm256_loadu_si256(blk.qh.as_ptr().cast()) } } else { _mm256_setzero_si256() };
+            let mut isum = [_mm256_setzero_si256(); T];
+            let mut s16 = [_mm256_setzero_si256(); T];
+            for c in 0..4 {
+                // SAFETY: chunk `c` is 32 readable bytes of `qs`; unaligned load.
+                let v = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(32 * c).cast()) };
+                let halves = [_mm256_and_si256(v, nib), _mm256_and_si256(_mm256_srli_epi16(v, 4), nib)];
+                for (h, mut w) in halves.into_iter().enumerate() {
+                    let s = c + 4 * h;
+                    if HB > 0 {
+                        // Bit s of each byte to bit 4. The 16-bit shifts carry bits across bytes,
+                        // but bit 4 of either byte comes from bit s of the same byte (s ≤ 7).
+                        let b = match s {
+                            0..=4 => _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - s as i32)),
+                            _ => _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32 - 4)),
+                        };
+                        w = _mm256_or_si256(w, _mm256_and_si256(b, _mm256_set1_epi8(0x10)));
+                    }
+                    let e = element(s, 0);
+                    for t in 0..T {
+                        let p = _mm256_maddubs_epi16(w, broadcast4(&acts[t][b].qs, e));
+                        s16[t] = _mm256_add_epi16(s16[t], p);
+                    }
+                }
+                // Q5: widen after every four steps (chunks 0-1, then 2-3).
+                if HB > 0 && c % 2 == 1 {
+                    for t in 0..T {
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], ones));
+                        s16[t] = _mm256_setzero_si256();
+                    }
+                }
+            }
+            for t in 0..T {
+                if HB == 0 {
+                    isum[t] = _mm256_madd_epi16(s16[t], ones);
+                }
+                let ab = &acts[t][b];
+                let sc = _mm256_mul_ps(dw, _mm256_set1_ps(ab.d));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), sc, acc[t]);
+                acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(ab.s), acc[t]);
+            }
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::act::quantize_q8a;
+    use super::super::common::block_bytes;
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn random_blocks<W: Interleave>(rng: &mut StdRng, n: usize) -> Vec<W> {
+        let mut bytes: Vec<u8> = (0..n * W::BYTES).map(|_| rng.gen()).collect();
+        for blk in bytes.chunks_exact_mut(W::BYTES) {
+            // Sane f16 scale (and offset, for the formats that store one) in the first 4 bytes.
+            let d = super::super::common::f32_to_f16(rng.gen_range(-0.1..0.1));
+            let m = super::super::common::f32_to_f16(rng.gen_range(-0.1..0.1));
+            blk[..2].copy_from_slice(&d);
+            if W::MB > 0 {
+                blk[2..4].copy_from_slice(&m);
+            }
+        }
+        as_blocks::<W>(&bytes).to_vec()
+    }
+
+    /// Packing round-trips every quant and scale, and the kernels match the row-major
+    /// reference (up to float rounding) and each other (bit for bit).
+    fn check<W: Interleave, const MB: usize, const HB: usize>(seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        for per_row in [1usize, 3, 18, 28] {
+            let rows = 16;
+            let src = random_blocks::<W>(&mut rng, rows * per_row);
+            let packed = interleave::<W, MB, HB>(block_bytes(&src), rows);
+            let x8: &[BlockX8<MB, HB>] = as_blocks(&packed);
+            let m_per_d = W::m_per_d();
+            for g in 0..rows / ROWS {
+                let group = &x8[g * per_row..(g + 1) * per_row];
+                for r in 0..ROWS {
+                    for b in 0..per_row {
+                        let (q, d, m) = src[(g * ROWS + r) * per_row + b].unpack();
+                        assert_eq!(group[b].quants(r), q, "quants of row {r} block {b}");
+                        assert_eq!(group[b].scales(r, m_per_d), (d, m), "scales of row {r} block {b}");
+                    }
+                }
+                let xs: Vec<Vec<BlockQ8A>> = (0..4)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..32 * per_row).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                        let mut a = vec![BlockQ8A::default(); per_row];
+                        quantize_q8a(&x, &mut a);
+                        a
+                    })
+                    .collect();
+                let acts: Vec<&[BlockQ8A]> = xs.iter().map(|a| a.as_slice()).collect();
+                let mut want = [[0f32; ROWS]; 4];
+                dot_group_scalar(group, m_per_d, &acts, &mut want);
+                for r in 0..ROWS {
+                    let row = &src[(g * ROWS + r) * per_row..(g * ROWS + r + 1) * per_row];
+                    let mut reference = [0f32; 4];
+                    super::super::block32::dot_scalar::<W>(row, &acts, &mut reference);
+                    for t in 0..4 {
+                        let tol = 1e-4 * (1.0 + reference[t].abs());
+                        assert!((want[t][r] - reference[t]).abs() <= tol, "{} vs {}", want[t][r], reference[t]);
+                    }
+                }
+                for k in 1..=4 {
+                    let mut got = [[0f32; ROWS]; 4];
+                    dot_group(group, m_per_d, &acts[..k], &mut got);
+                    assert_eq!(got[..k], want[..k], "{k} tokens: fast path is not bit-identical to the scalar one");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4_0() {
+        check::<q4_0::BlockQ4_0, 0, 0>(1);
+    }
+
+    #[test]
+    fn q4_1() {
+        check::<q4_1::BlockQ4_1, 16, 0>(2);
+    }
+
+    #[test]
+    fn q5_0() {
+        check::<q5_0::BlockQ5_0, 0, 32>(3);
+    }
+
+    #[test]
+    fn q5_1() {
+        check::<q5_1::BlockQ5_1, 16, 32>(4);
+    }
+
+    #[test]
+    fn extreme_quants_do_not_overflow() {
+        // All quants at their maximum against activations of ±127: the i16 sums peak here.
+        let d = super::super::common::f32_to_f16(1.0);
+        let w = q5_1::BlockQ5_1 { d, m: [0; 2], qh: [0xFF; 4], qs: [0xFF; 16] };
+        let packed = interleave::<q5_1::BlockQ5_1, 16, 32>(block_bytes(&[w; 8]), 8);
+        let a = BlockQ8A { d: 1.0, s: 0.0, qs: [127; 32] };
+        let mut got = [[0f32; ROWS]; 1];
+        dot_group::<16, 32>(as_blocks(&packed), 0.0, &[&[a]], &mut got);
+        assert_eq!(got[0], [(31 * 127 * 32) as f32; ROWS]);
+        let w4 = q4_1::BlockQ4_1 { d, m: [0; 2], qs: [0xFF; 16] };
+        let packed = interleave::<q4_1::BlockQ4_1, 16, 0>(block_bytes(&[w4; 8]), 8);
+        let neg = BlockQ8A { d: 1.0, s: 0.0, qs: [-127; 32] };
+        dot_group::<16, 0>(as_blocks(&packed), 0.0, &[&[neg]], &mut got);
+        assert_eq!(got[0], [-(15 * 127 * 32) as f32; ROWS]);
+    }
+}
