@@ -8,7 +8,7 @@
 
 use super::act::{self, BlockQ8A, BlockQ8K};
 use super::float::{self, Float};
-use super::x8::{self, BlockX8, Interleave};
+use super::x8::{self, Interleaved};
 use super::{block32, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
 use crate::qmatrix::Layout;
 use crate::threadpool::DisjointSlice;
@@ -63,10 +63,11 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
     let f32a = act::copy_f32 as fn(&[f32], &mut [f32]);
     if w0.layout() == Layout::Interleaved8 {
         match w0.dtype {
-            DType::Q4_0 => run_x8::<q4_0::BlockQ4_0, 0, 0>(pool, ws, x, n, outs),
-            DType::Q4_1 => run_x8::<q4_1::BlockQ4_1, 16, 0>(pool, ws, x, n, outs),
-            DType::Q5_0 => run_x8::<q5_0::BlockQ5_0, 0, 32>(pool, ws, x, n, outs),
-            DType::Q5_1 => run_x8::<q5_1::BlockQ5_1, 16, 32>(pool, ws, x, n, outs),
+            DType::Q4_0 => run_x8::<x8::X8Q4_0>(pool, ws, x, n, outs),
+            DType::Q4_1 => run_x8::<x8::X8Q4_1>(pool, ws, x, n, outs),
+            DType::Q5_0 => run_x8::<x8::X8Q5_0>(pool, ws, x, n, outs),
+            DType::Q5_1 => run_x8::<x8::X8Q5_1>(pool, ws, x, n, outs),
+            DType::Q8_0 => run_x8::<super::x8q8::X8Q8_0>(pool, ws, x, n, outs),
             other => unreachable!("{} has no interleaved layout", other.name()),
         }
         return;
@@ -157,17 +158,11 @@ fn run<A, D>(
 /// [`run`] for matrices in [`Layout::Interleaved8`]: tasks take runs of 8-row groups; within a
 /// task, tokens go in L2-sized blocks, and each group (a few KiB, so it stays in L1) meets every
 /// token of the block, four per kernel call, writing eight outputs per token directly.
-fn run_x8<W: Interleave, const MB: usize, const HB: usize>(
-    pool: &ThreadPool,
-    ws: &[&QMatrix],
-    x: &[f32],
-    n: usize,
-    outs: &mut [&mut [f32]],
-) {
+fn run_x8<B: Interleaved>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
     let cols = ws[0].cols;
     let apr = cols / 32;
     let acts = quantize_acts(pool, x, n, cols, apr, act::quantize_q8a);
-    let group_bytes = apr * std::mem::size_of::<BlockX8<MB, HB>>();
+    let group_bytes = apr * B::BYTES;
     let total_groups: usize = ws.iter().map(|w| w.rows / x8::ROWS).sum();
     let threads = pool.num_threads();
     let n_tasks = if threads == 1 { 1 } else { (threads * 8).min(total_groups).max(1) };
@@ -182,7 +177,6 @@ fn run_x8<W: Interleave, const MB: usize, const HB: usize>(
         })
         .collect();
     let token_block = (TOKEN_BLOCK_BYTES / (apr * std::mem::size_of::<BlockQ8A>()).max(1)).max(TILE) / TILE * TILE;
-    let m_per_d = W::m_per_d();
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
         let (m, g0, g1) = tasks[task];
@@ -191,11 +185,11 @@ fn run_x8<W: Interleave, const MB: usize, const HB: usize>(
         for tb in (0..n).step_by(token_block) {
             let tb_end = (tb + token_block).min(n);
             for g in g0..g1 {
-                let blocks: &[BlockX8<MB, HB>] = super::common::as_blocks(&weights[g * group_bytes..][..group_bytes]);
+                let blocks: &[B] = super::common::as_blocks(&weights[g * group_bytes..][..group_bytes]);
                 for t in (tb..tb_end).step_by(TILE) {
                     let k = (tb_end - t).min(TILE);
                     let a: [&[BlockQ8A]; TILE] = std::array::from_fn(|j| &acts[(t + j.min(k - 1)) * apr..][..apr]);
-                    x8::dot_group(blocks, m_per_d, &a[..k], &mut tile[..k]);
+                    B::dot_group(blocks, &a[..k], &mut tile[..k]);
                     for (j, row) in tile[..k].iter().enumerate() {
                         // SAFETY: this task alone computes groups g0..g1 (rows 8·g0..8·g1) of
                         // matrix m for every token; the run `(t + j)·rows + 8g..+8` is borrowed

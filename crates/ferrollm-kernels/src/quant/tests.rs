@@ -343,7 +343,7 @@ fn matmul_many_equals_separate_matmuls() {
 fn interleaved_matmul_matches_rows_and_is_batch_invariant() {
     let mut rng = StdRng::seed_from_u64(7);
     let (one, two) = (ThreadPool::new(1), ThreadPool::new(2));
-    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0] {
         for (rows, cols) in [(8, 32), (64, 576), (136, 160)] {
             let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
             let w = QMatrix::new(dtype, rows, cols, crate::Bytes::from_vec(bytes)).unwrap();

@@ -95,10 +95,38 @@ fn element(s: usize, i: usize) -> usize {
     }
 }
 
+/// An interleaved layout and its kernels, for the matmul driver and row lookups.
+pub trait Interleaved: Block {
+    /// `out[t][r]` = row `r` of the group · `acts[t]`, for the group's blocks (one per column
+    /// position) and 1 to 4 tokens; bit-identical however many tokens come at once.
+    fn dot_group(blocks: &[Self], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]);
+    /// Row `r` (0..8) of the group, dequantized into `out` (32 per block).
+    fn dequantize_row(blocks: &[Self], r: usize, out: &mut [f32]);
+}
+
+impl<const MB: usize, const HB: usize> Interleaved for BlockX8<MB, HB> {
+    fn dot_group(blocks: &[Self], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
+        dot_group(blocks, Self::M_PER_D, acts, out)
+    }
+    fn dequantize_row(blocks: &[Self], r: usize, out: &mut [f32]) {
+        dequantize_group_row(blocks, r, Self::M_PER_D, out)
+    }
+}
+
 impl<const MB: usize, const HB: usize> BlockX8<MB, HB> {
+    /// The offset per unit of scale of the formats that store none: Q4_0 (−8), Q5_0 (−16).
+    pub const M_PER_D: f32 = if MB > 0 {
+        0.0
+    } else if HB > 0 {
+        -16.0
+    } else {
+        -8.0
+    };
+
     /// Packs block `b` of eight rows.
     pub fn pack<W: Interleave>(rows: [&W; ROWS]) -> Self {
         assert!(W::MB == MB && W::HB == HB, "interleaved layout does not match the source format");
+        assert_eq!(W::m_per_d(), Self::M_PER_D);
         let mut out = BlockX8 { d: [0; 16], m: [0; MB], qh: [0; HB], qs: [0; 128] };
         for (r, w) in rows.iter().enumerate() {
             let (q, _, _) = w.unpack();
@@ -177,11 +205,15 @@ pub fn dequantize_group_row<const MB: usize, const HB: usize>(
 
 /// Row `r` (0..8) of an interleaved group of `dtype` (the group's bytes), dequantized.
 pub fn dequantize_row(dtype: DType, group: &[u8], r: usize, out: &mut [f32]) {
+    fn row<B: Interleaved>(group: &[u8], r: usize, out: &mut [f32]) {
+        B::dequantize_row(as_blocks(group), r, out)
+    }
     match dtype {
-        DType::Q4_0 => dequantize_group_row::<0, 0>(as_blocks(group), r, q4_0::BlockQ4_0::m_per_d(), out),
-        DType::Q4_1 => dequantize_group_row::<16, 0>(as_blocks(group), r, 0.0, out),
-        DType::Q5_0 => dequantize_group_row::<0, 32>(as_blocks(group), r, q5_0::BlockQ5_0::m_per_d(), out),
-        DType::Q5_1 => dequantize_group_row::<16, 32>(as_blocks(group), r, 0.0, out),
+        DType::Q4_0 => row::<X8Q4_0>(group, r, out),
+        DType::Q4_1 => row::<X8Q4_1>(group, r, out),
+        DType::Q5_0 => row::<X8Q5_0>(group, r, out),
+        DType::Q5_1 => row::<X8Q5_1>(group, r, out),
+        DType::Q8_0 => row::<super::x8q8::X8Q8_0>(group, r, out),
         other => panic!("{} has no interleaved layout", other.name()),
     }
 }

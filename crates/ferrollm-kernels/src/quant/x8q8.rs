@@ -1,0 +1,216 @@
+//! Q8_0 weights interleaved eight rows at a time: the [`super::x8`] scheme for signed 8-bit
+//! quants. SmolLM2's tied output head and Qwen2.5's output head (the largest tensors each model
+//! reads per token) are Q8_0.
+//!
+//! `maddubs` wants one unsigned operand, so each step takes `|w|` once for all tokens and moves
+//! the weights' signs onto the activations (`sign`). A lane's two products reach 2·128·127, so
+//! every step widens to i32 (`madd`) before the next. Each output is
+//! `acc = fma(isum, dw·da, acc)` block after block, in the scalar path too.
+
+use super::act::BlockQ8A;
+use super::common::{as_blocks, block_bytes, f16_to_f32, has_avx2, Block};
+use super::q8_0::BlockQ8_0;
+use super::x8::{Interleaved, ROWS};
+
+/// One column position (32 weights) of eight rows: step `s` (0..8) is the 32 bytes at `32s`,
+/// byte `4r + i` row `r`'s quant `4s + i`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct X8Q8_0 {
+    pub d: [u8; 16],
+    pub qs: [i8; 256],
+}
+assert_block!(X8Q8_0, 272);
+
+// SAFETY: repr(C) byte arrays only: alignment 1, no padding, any bit pattern is valid.
+unsafe impl Block for X8Q8_0 {
+    const BYTES: usize = 272;
+    const ELEMS: usize = 32 * ROWS;
+}
+
+impl X8Q8_0 {
+    /// Packs one block of each of eight rows.
+    pub fn pack(rows: [&BlockQ8_0; ROWS]) -> Self {
+        let mut out = X8Q8_0 { d: [0; 16], qs: [0; 256] };
+        for (r, w) in rows.iter().enumerate() {
+            out.d[2 * r..2 * r + 2].copy_from_slice(&w.d);
+            for e in 0..32 {
+                out.qs[32 * (e / 4) + 4 * r + e % 4] = w.qs[e];
+            }
+        }
+        out
+    }
+
+    /// Row `r`'s quants in element order, and its scale.
+    pub fn row(&self, r: usize) -> ([i8; 32], f32) {
+        let q = std::array::from_fn(|e| self.qs[32 * (e / 4) + 4 * r + e % 4]);
+        (q, f16_to_f32([self.d[2 * r], self.d[2 * r + 1]]))
+    }
+}
+
+/// Interleaves a row-major Q8_0 matrix (`rows` a multiple of 8); layout as in [`super::x8::interleave`].
+pub fn interleave(bytes: &[u8], rows: usize) -> Vec<u8> {
+    assert!(rows.is_multiple_of(ROWS), "{rows} rows do not split into groups of {ROWS}");
+    let blocks: &[BlockQ8_0] = as_blocks(bytes);
+    let per_row = blocks.len() / rows.max(1);
+    let mut out = Vec::with_capacity(bytes.len());
+    for g in 0..rows / ROWS {
+        for b in 0..per_row {
+            let packed = X8Q8_0::pack(std::array::from_fn(|r| &blocks[(ROWS * g + r) * per_row + b]));
+            out.extend_from_slice(block_bytes(std::slice::from_ref(&packed)));
+        }
+    }
+    out
+}
+
+/// Scalar reference of [`Interleaved::dot_group`], bit-identical to the AVX2 path.
+pub fn dot_group_scalar(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
+    for (a, o) in acts.iter().zip(out.iter_mut()) {
+        assert_eq!(a.len(), blocks.len());
+        *o = [0f32; ROWS];
+        for (blk, ab) in blocks.iter().zip(a.iter()) {
+            for (r, acc) in o.iter_mut().enumerate() {
+                let (q, d) = blk.row(r);
+                let isum: i32 = q.iter().zip(&ab.qs).map(|(&q, &y)| q as i32 * y as i32).sum();
+                *acc = (isum as f32).mul_add(d * ab.d, *acc);
+            }
+        }
+    }
+}
+
+impl Interleaved for X8Q8_0 {
+    fn dot_group(blocks: &[Self], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: AVX2, FMA and F16C were detected.
+            unsafe { avx2::dot_group(blocks, acts, out) };
+            return;
+        }
+        dot_group_scalar(blocks, acts, out)
+    }
+
+    fn dequantize_row(blocks: &[Self], r: usize, out: &mut [f32]) {
+        for (b, y) in blocks.iter().zip(out.chunks_exact_mut(32)) {
+            let (q, d) = b.row(r);
+            for (yi, &q) in y.iter_mut().zip(&q) {
+                *yi = q as f32 * d;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_group(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
+        for a in acts {
+            assert_eq!(a.len(), blocks.len());
+        }
+        assert!(out.len() >= acts.len());
+        match acts.len() {
+            1 => store(dot_blocks::<1>(blocks, acts.try_into().unwrap()), out),
+            2 => store(dot_blocks::<2>(blocks, acts.try_into().unwrap()), out),
+            3 => store(dot_blocks::<3>(blocks, acts.try_into().unwrap()), out),
+            4 => store(dot_blocks::<4>(blocks, acts.try_into().unwrap()), out),
+            n => panic!("token tile of {n}"),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn store<const T: usize>(acc: [__m256; T], out: &mut [[f32; ROWS]]) {
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` is 8 writable f32s; unaligned store.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_blocks<const T: usize>(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]; T]) -> [__m256; T] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for (b, blk) in blocks.iter().enumerate() {
+            // SAFETY: `d` is 16 readable bytes; unaligned load.
+            let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.d.as_ptr().cast()) });
+            let mut isum = [_mm256_setzero_si256(); T];
+            for s in 0..8 {
+                // SAFETY: step `s` is 32 readable bytes of `qs`; unaligned load.
+                let w = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(32 * s).cast()) };
+                let wa = _mm256_abs_epi8(w);
+                for t in 0..T {
+                    let q: [i8; 4] = acts[t][b].qs[4 * s..4 * s + 4].try_into().unwrap();
+                    let a = _mm256_set1_epi32(i32::from_le_bytes(q.map(|x| x as u8)));
+                    let p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(a, w));
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, ones));
+                }
+            }
+            for t in 0..T {
+                let sc = _mm256_mul_ps(dw, _mm256_set1_ps(acts[t][b].d));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), sc, acc[t]);
+            }
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::act::quantize_q8a;
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn packs_and_matches_the_row_kernel_bit_for_bit_across_tiles() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for per_row in [1usize, 5, 18] {
+            let rows = 16;
+            // Random bytes cover −128, which the quantizer never writes.
+            let mut bytes: Vec<u8> = (0..rows * per_row * 34).map(|_| rng.gen()).collect();
+            for blk in bytes.chunks_exact_mut(34) {
+                blk[..2].copy_from_slice(&super::super::common::f32_to_f16(rng.gen_range(-0.1..0.1)));
+            }
+            let src: &[BlockQ8_0] = as_blocks(&bytes);
+            let packed = interleave(&bytes, rows);
+            let x8: &[X8Q8_0] = as_blocks(&packed);
+            let xs: Vec<Vec<BlockQ8A>> = (0..4)
+                .map(|_| {
+                    let x: Vec<f32> = (0..32 * per_row).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                    let mut a = vec![BlockQ8A::default(); per_row];
+                    quantize_q8a(&x, &mut a);
+                    a
+                })
+                .collect();
+            let acts: Vec<&[BlockQ8A]> = xs.iter().map(|a| a.as_slice()).collect();
+            for g in 0..rows / ROWS {
+                let group = &x8[g * per_row..(g + 1) * per_row];
+                let mut want = [[0f32; ROWS]; 4];
+                dot_group_scalar(group, &acts, &mut want);
+                for r in 0..ROWS {
+                    let row = &src[(g * ROWS + r) * per_row..(g * ROWS + r + 1) * per_row];
+                    for (b, blk) in row.iter().enumerate() {
+                        let (q, d) = group[b].row(r);
+                        assert_eq!((q, d), (blk.qs, f16_to_f32(blk.d)));
+                    }
+                    let mut reference = [0f32; 4];
+                    super::super::q8_0::dot_scalar(row, &acts, &mut reference);
+                    for t in 0..4 {
+                        let tol = 1e-4 * (1.0 + reference[t].abs());
+                        assert!((want[t][r] - reference[t]).abs() <= tol, "{} vs {}", want[t][r], reference[t]);
+                    }
+                }
+                for k in 1..=4 {
+                    let mut got = [[0f32; ROWS]; 4];
+                    X8Q8_0::dot_group(group, &acts[..k], &mut got);
+                    assert_eq!(got[..k], want[..k], "{k} tokens: fast path is not bit-identical to the scalar one");
+                }
+            }
+        }
+    }
+}
