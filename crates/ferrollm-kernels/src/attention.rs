@@ -3,10 +3,47 @@
 //! Each sequence contributes `query_len` query tokens at the end of its `context_len` tokens;
 //! query `i` sits at position `context_len - query_len + i` and attends causally to every
 //! earlier position, reading keys and values through the sequence's block table.
+//!
+//! # Tiles
+//!
+//! The work is split into tiles: up to [`TILE_TOKENS`] consecutive query tokens of one sequence
+//! times the query heads of one GQA group (all of them, or a share when there are too few tiles
+//! to keep every thread busy). All queries of a tile read the same K and V rows, so the tile
+//! widens each row to f32 once ([`KvElem::widen`], [`KEY_BLOCK`] rows at a time) and runs every
+//! query against it with [`dot_many`] and [`axpy_many`], whose register blocks share each loaded
+//! chunk between several queries.
+//!
+//! # Batch invariance
+//!
+//! The result for one (token, head) is bit-identical whatever tile, batch or thread computes it:
+//! decode, prefill chunk of any length, speculative verify row. A tile only shares loads; every
+//! float operation of a query depends on that query alone:
+//! - the widening is exact (f16 → f32, or a copy), so the keys and values are the cached values;
+//! - each score is `dot(q, k) * scale`, bit for bit (a property of [`dot_many`]: every dot product
+//!   keeps [`dot`]'s lanes and summation order, whatever block it sits in);
+//! - a query's softmax (max, exp, sum, division, rounding) runs over its own row of scores, keys
+//!   `0..n` in order, where `n` is its own context length (token `i` of a tile sees one key more
+//!   than token `i - 1`); scores a tile computes beyond a query's `n` are never read;
+//! - its output is `0 + w_0 v_0 + w_1 v_1 + ...` over exactly its `n` keys in order, each step the
+//!   fused multiply-add of [`axpy`] (a property of [`axpy_many`], which stops each row at its own
+//!   count instead of multiplying by a zero weight, so even an infinite V row beyond a query's
+//!   context cannot reach it).
+//!
+//! With `hd % 8 == 0` this is also, bit for bit, the per-query algorithm that came before the
+//! tiles (one `dot_f16`/`axpy_f16` call per key and query; see the tests).
 
-use crate::ops::{axpy, axpy_f16, dot, dot_f16, f32_to_f16_row, round_to_f16};
+use std::cell::RefCell;
+use std::cmp::Reverse;
+
+use crate::ops::{axpy, axpy_f16, axpy_many, dot, dot_f16, dot_many, f16_to_f32_row, f32_to_f16_row, round_to_f16};
 use crate::threadpool::DisjointSlice;
 use crate::ThreadPool;
+
+/// Most query tokens of one sequence in one tile.
+pub const TILE_TOKENS: usize = 8;
+/// K (or V) rows a tile widens to f32 at a time: 64 rows of 64 dims are 16 KiB, which stay in L1
+/// while every query of the tile goes over them.
+pub const KEY_BLOCK: usize = 64;
 
 /// Element type of a KV cache: `f32`, or f16 stored as its IEEE half bits (`u16`, llama.cpp's
 /// default KV type: half the memory and attention traffic).
@@ -17,6 +54,8 @@ pub trait KvElem: Copy + Default + Send + Sync + 'static {
     fn dot(q: &[f32], k: &[Self]) -> f32;
     /// `out += a * v`.
     fn axpy(a: f32, v: &[Self], out: &mut [f32]);
+    /// Widens a cached row to f32, exactly (the tiled kernels work on f32 rows).
+    fn widen(x: &[Self], out: &mut [f32]);
     /// Rounds `x` in place to what the attention arithmetic sees for this cache type. For f16
     /// caches the query and the softmax weights are rounded to f16 as well, as in llama.cpp's
     /// f16-KV attention (ggml converts the f32 operand of an f16 matmul to f16): then our
@@ -37,6 +76,10 @@ impl KvElem for f32 {
         axpy(a, v, out)
     }
     #[inline]
+    fn widen(x: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(x)
+    }
+    #[inline]
     fn round_operands(_: &mut [f32]) {}
 }
 
@@ -51,6 +94,10 @@ impl KvElem for u16 {
     #[inline]
     fn axpy(a: f32, v: &[u16], out: &mut [f32]) {
         axpy_f16(a, v, out)
+    }
+    #[inline]
+    fn widen(x: &[u16], out: &mut [f32]) {
+        f16_to_f32_row(x, out)
     }
     #[inline]
     fn round_operands(x: &mut [f32]) {
@@ -123,6 +170,77 @@ pub fn paged_attention(
     }
 }
 
+/// A unit of work: query tokens `t0..t0 + nt` of sequence `seq` (indices among its queries) and
+/// query heads `h0..h0 + nh` of the GQA group of KV head `kvh` (indices inside the group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tile {
+    seq: usize,
+    t0: usize,
+    nt: usize,
+    kvh: usize,
+    h0: usize,
+    nh: usize,
+}
+
+/// Cuts the batch into tiles, most expensive first.
+///
+/// Tiles hold up to [`TILE_TOKENS`] tokens and a whole GQA group. When that gives fewer than two
+/// tiles per thread (decodes of a few sequences), each group is cut into `parts` shares of heads
+/// so that every thread has work; a share still widens each row once for its heads. The pool
+/// hands tasks out in order from a shared counter, so sorting by cost (longest first) balances
+/// the causal triangle: the last tiles of a long prefill read the most keys.
+fn plan_tiles(seqs: &[AttentionSeq], n_kv_heads: usize, group: usize, n_threads: usize) -> Vec<Tile> {
+    let token_tiles: Vec<(usize, usize, usize)> = seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(s, seq)| {
+            (0..seq.query_len).step_by(TILE_TOKENS).map(move |t0| (s, t0, TILE_TOKENS.min(seq.query_len - t0)))
+        })
+        .collect();
+    let n = token_tiles.len() * n_kv_heads;
+    let parts = if n_threads > 1 && n > 0 && n < 2 * n_threads { (2 * n_threads).div_ceil(n).min(group) } else { 1 };
+    let mut tiles = Vec::with_capacity(n * parts);
+    for &(seq, t0, nt) in &token_tiles {
+        for kvh in 0..n_kv_heads {
+            for part in 0..parts {
+                let (h0, h1) = (part * group / parts, (part + 1) * group / parts);
+                if h1 > h0 {
+                    tiles.push(Tile { seq, t0, nt, kvh, h0, nh: h1 - h0 });
+                }
+            }
+        }
+    }
+    // Work of a tile: a dot product and a weighted row per (query, key), plus widening its keys.
+    let cost = |t: &Tile| {
+        let seq = &seqs[t.seq];
+        let n0 = seq.context_len - seq.query_len + t.t0 + 1;
+        t.nh * (t.nt * n0 + t.nt * (t.nt - 1) / 2) + 2 * (n0 + t.nt)
+    };
+    tiles.sort_by_cached_key(|t| Reverse(cost(t)));
+    tiles
+}
+
+/// One thread's buffers, kept between calls (attention runs once per layer and step).
+#[derive(Default)]
+struct Scratch {
+    /// The tile's queries, `[rows, hd]`, token-major, rounded for the cache type.
+    q: Vec<f32>,
+    /// Context length of each row.
+    n: Vec<usize>,
+    /// Keys of the current key block each row takes.
+    counts: Vec<usize>,
+    /// Scores, then softmax weights, `[rows, n_max]`.
+    s: Vec<f32>,
+    /// A block of K or V rows widened to f32, `[KEY_BLOCK, hd]`.
+    kv: Vec<f32>,
+    /// The tile's outputs, `[rows, hd]`.
+    o: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
 /// [`paged_attention`] for one cache element type (`geo` gives the geometry).
 #[allow(clippy::too_many_arguments)]
 fn attention<E: KvElem>(
@@ -136,80 +254,116 @@ fn attention<E: KvElem>(
     scale: f32,
     out: &mut [f32],
 ) {
-    let (hd, bs) = (geo.head_dim, geo.block_size);
+    assert!(
+        geo.n_kv_heads > 0 && n_heads.is_multiple_of(geo.n_kv_heads),
+        "{n_heads} heads over {} KV heads",
+        geo.n_kv_heads
+    );
     let group = n_heads / geo.n_kv_heads;
-    let kv_dim = geo.n_kv_heads * hd;
-    // Tasks are (token, head) pairs in batch order.
-    let mut token_seq = Vec::new();
-    for (s, seq) in seqs.iter().enumerate() {
-        for i in 0..seq.query_len {
-            token_seq.push((s, seq.query_start + i, seq.context_len - seq.query_len + i));
-        }
-    }
-    let n_tasks = token_seq.len() * n_heads;
+    let tiles = plan_tiles(seqs, geo.n_kv_heads, group, pool.num_threads());
     let out = DisjointSlice::new(out);
-    let chunk = n_tasks.div_ceil(pool.num_threads() * 4).max(1);
-    pool.run(n_tasks.div_ceil(chunk), |c| {
-        let (mut scores, mut qr) = (Vec::new(), vec![0f32; hd]);
-        for task in c * chunk..((c + 1) * chunk).min(n_tasks) {
-            let (s, t, pos) = token_seq[task / n_heads];
-            let h = task % n_heads;
-            let kvh = h / group;
-            let seq = &seqs[s];
-            qr.copy_from_slice(&q[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd]);
-            E::round_operands(&mut qr);
-            let qv = &qr[..];
-            // SAFETY: each task owns the distinct (token, head) row of `out`.
-            let o = unsafe { out.part((t * n_heads + h) * hd, hd) };
-            attend_one(qv, kc, vc, bs, hd, seq.block_table, pos + 1, kvh, kv_dim, scale, &mut scores, o);
-        }
+    pool.run(tiles.len(), |i| {
+        let tile = &tiles[i];
+        SCRATCH.with_borrow_mut(|sc| {
+            attend_tile(tile, &seqs[tile.seq], q, kc, vc, geo, n_heads, scale, sc, &out);
+        });
     });
 }
 
-/// One query head over `n_ctx` cached positions: two passes (scores, then weighted values).
+/// One tile: scores for every (query, key), each query's softmax, then the weighted values.
 #[allow(clippy::too_many_arguments)]
-fn attend_one<E: KvElem>(
+fn attend_tile<E: KvElem>(
+    tile: &Tile,
+    seq: &AttentionSeq,
     q: &[f32],
     kc: &[E],
     vc: &[E],
-    bs: usize,
-    hd: usize,
-    block_table: &[u32],
-    n_ctx: usize,
-    kvh: usize,
-    kv_dim: usize,
+    geo: &PagedKv,
+    n_heads: usize,
     scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
+    sc: &mut Scratch,
+    out: &DisjointSlice<f32>,
 ) {
-    // Cache slots of positions 0..n_ctx, block by block (no division per position).
-    let slots = || block_table.iter().flat_map(move |&b| (0..bs).map(move |o| b as usize * bs + o)).take(n_ctx);
-    let head = |slot: usize| slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd;
-    scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for slot in slots() {
-        let s = E::dot(q, &kc[head(slot)]) * scale;
-        max = max.max(s);
-        scores.push(s);
+    let (hd, bs) = (geo.head_dim, geo.block_size);
+    let kv_dim = geo.n_kv_heads * hd;
+    let group = n_heads / geo.n_kv_heads;
+    let first_head = tile.kvh * group + tile.h0;
+    let (nt, nh) = (tile.nt, tile.nh);
+    let rows = nt * nh;
+    // Token i of the tile sees n0 + i keys.
+    let n0 = seq.context_len - seq.query_len + tile.t0 + 1;
+    let n_max = n0 + nt - 1;
+
+    // Queries, row r = (token r / nh, head r % nh), rounded as the cache type wants (per element).
+    sc.q.clear();
+    for i in 0..nt {
+        let t = seq.query_start + tile.t0 + i;
+        sc.q.extend_from_slice(&q[(t * n_heads + first_head) * hd..][..nh * hd]);
     }
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+    E::round_operands(&mut sc.q);
+    sc.n.clear();
+    sc.n.extend((0..rows).map(|r| n0 + r / nh));
+    sc.s.clear();
+    sc.s.resize(rows * n_max, 0.0);
+    sc.kv.resize(KEY_BLOCK * hd, 0.0);
+
+    // Widens rows b0..b1 of this KV head of `cache` into `dst`.
+    let widen = |cache: &[E], b0: usize, b1: usize, dst: &mut [f32]| {
+        for (p, d) in (b0..b1).zip(dst.chunks_exact_mut(hd)) {
+            let slot = seq.block_table[p / bs] as usize * bs + p % bs;
+            E::widen(&cache[slot * kv_dim + tile.kvh * hd..][..hd], d);
+        }
+    };
+
+    // Scores: every row against keys 0..n_max (a row's entries past its own context are unused).
+    for b0 in (0..n_max).step_by(KEY_BLOCK) {
+        let b1 = (b0 + KEY_BLOCK).min(n_max);
+        let k = &mut sc.kv[..(b1 - b0) * hd];
+        widen(kc, b0, b1, k);
+        dot_many(&sc.q, k, hd, scale, &mut sc.s[b0..], n_max);
     }
-    for s in scores.iter_mut() {
-        *s /= sum;
+    // Each row's softmax over its own context, in key order.
+    for (r, &n) in sc.n.iter().enumerate() {
+        let w = &mut sc.s[r * n_max..r * n_max + n];
+        let mut max = f32::NEG_INFINITY;
+        for &s in w.iter() {
+            max = max.max(s);
+        }
+        let mut sum = 0f32;
+        for s in w.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for s in w.iter_mut() {
+            *s /= sum;
+        }
+        E::round_operands(w);
     }
-    E::round_operands(scores);
-    out.fill(0.0);
-    for (slot, &w) in slots().zip(scores.iter()) {
-        E::axpy(w, &vc[head(slot)], out);
+    // Weighted values: each row takes keys 0..n in order, block by block.
+    sc.o.clear();
+    sc.o.resize(rows * hd, 0.0);
+    for b0 in (0..n_max).step_by(KEY_BLOCK) {
+        let b1 = (b0 + KEY_BLOCK).min(n_max);
+        let v = &mut sc.kv[..(b1 - b0) * hd];
+        widen(vc, b0, b1, v);
+        sc.counts.clear();
+        sc.counts.extend(sc.n.iter().map(|&n| n.saturating_sub(b0).min(b1 - b0)));
+        axpy_many(&sc.s[b0..], n_max, &sc.counts, v, hd, &mut sc.o);
+    }
+    for i in 0..nt {
+        let t = seq.query_start + tile.t0 + i;
+        // SAFETY: the tiles partition the (token, head) pairs of the batch (each query token is in
+        // one token tile of its sequence, each head in one share of one group), so this task owns
+        // the heads first_head..first_head + nh of token t in `out`.
+        let o = unsafe { out.part((t * n_heads + first_head) * hd, nh * hd) };
+        o.copy_from_slice(&sc.o[i * nh * hd..(i + 1) * nh * hd]);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
 
     /// Dense causal attention on contiguous K/V, the reference for the paged kernel; `round` is
@@ -243,6 +397,121 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The softmax of the per-query algorithm (and of the tiles): libm's `expf`, a sequential sum.
+    fn legacy_softmax(x: &mut [f32]) {
+        let max = x.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0f32;
+        for s in x.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for s in x.iter_mut() {
+            *s /= sum;
+        }
+    }
+
+    /// The per-query algorithm the tiles replaced: one (token, head) at a time straight from the
+    /// cache, a [`KvElem::dot`] per key and a [`KvElem::axpy`] per value row.
+    #[allow(clippy::too_many_arguments)]
+    fn per_query_reference<E: KvElem>(
+        q: &[f32],
+        kc: &[E],
+        vc: &[E],
+        geo: &PagedKv,
+        seqs: &[AttentionSeq],
+        n_heads: usize,
+        scale: f32,
+        softmax: fn(&mut [f32]),
+        out: &mut [f32],
+    ) {
+        let (hd, bs) = (geo.head_dim, geo.block_size);
+        let group = n_heads / geo.n_kv_heads;
+        let kv_dim = geo.n_kv_heads * hd;
+        for seq in seqs {
+            for i in 0..seq.query_len {
+                let t = seq.query_start + i;
+                let n_ctx = seq.context_len - seq.query_len + i + 1;
+                for h in 0..n_heads {
+                    let mut qr = q[(t * n_heads + h) * hd..][..hd].to_vec();
+                    E::round_operands(&mut qr);
+                    let head = |p: usize| {
+                        let slot = seq.block_table[p / bs] as usize * bs + p % bs;
+                        slot * kv_dim + (h / group) * hd..slot * kv_dim + (h / group + 1) * hd
+                    };
+                    let mut scores: Vec<f32> = (0..n_ctx).map(|p| E::dot(&qr, &kc[head(p)]) * scale).collect();
+                    softmax(&mut scores);
+                    E::round_operands(&mut scores);
+                    let o = &mut out[(t * n_heads + h) * hd..][..hd];
+                    o.fill(0.0);
+                    for (p, &w) in scores.iter().enumerate() {
+                        E::axpy(w, &vc[head(p)], o);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A KV cache of `n_blocks` blocks filled with random rows (f32 and f16 copies of the same
+    /// values, as written by [`write_kv`]), and `n_tok` random queries.
+    struct Fixture {
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+        bs: usize,
+        q: Vec<f32>,
+        k32: Vec<f32>,
+        v32: Vec<f32>,
+        k16: Vec<u16>,
+        v16: Vec<u16>,
+    }
+
+    impl Fixture {
+        fn new(
+            rng: &mut rand::rngs::StdRng,
+            nh: usize,
+            nkv: usize,
+            hd: usize,
+            bs: usize,
+            n_blocks: usize,
+            n_tok: usize,
+        ) -> Self {
+            let kv_dim = nkv * hd;
+            let n_slots = n_blocks * bs;
+            // Queries large enough for peaked softmaxes, K and V in [-1, 1].
+            let q: Vec<f32> = (0..n_tok * nh * hd).map(|_| rng.gen_range(-3.0..3.0)).collect();
+            let k: Vec<f32> = (0..n_slots * kv_dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let v: Vec<f32> = (0..n_slots * kv_dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let slots: Vec<usize> = (0..n_slots).collect();
+            let (mut k32, mut v32) = (vec![0f32; n_slots * kv_dim], vec![0f32; n_slots * kv_dim]);
+            let (mut k16, mut v16) = (vec![0u16; n_slots * kv_dim], vec![0u16; n_slots * kv_dim]);
+            write_kv(KvMut::F32 { k: &mut k32, v: &mut v32 }, &k, &v, &slots, kv_dim);
+            write_kv(KvMut::F16 { k: &mut k16, v: &mut v16 }, &k, &v, &slots, kv_dim);
+            Fixture { nh, nkv, hd, bs, q, k32, v32, k16, v16 }
+        }
+
+        fn caches(&self) -> [PagedKv<'_>; 2] {
+            let geo = |data| PagedKv { data, block_size: self.bs, n_kv_heads: self.nkv, head_dim: self.hd };
+            [geo(KvRef::F32 { k: &self.k32, v: &self.v32 }), geo(KvRef::F16 { k: &self.k16, v: &self.v16 })]
+        }
+
+        fn scale(&self) -> f32 {
+            1.0 / (self.hd as f32).sqrt()
+        }
+
+        /// Runs the tiled kernel on queries `q[token_offset..]`.
+        fn run(&self, pool: &ThreadPool, kv: &PagedKv, seqs: &[AttentionSeq], token_offset: usize) -> Vec<f32> {
+            let row = self.nh * self.hd;
+            let n_tok: usize = seqs.iter().map(|s| s.query_start + s.query_len).max().unwrap_or(0);
+            let mut out = vec![f32::NAN; n_tok * row];
+            paged_attention(pool, &self.q[token_offset * row..], kv, seqs, self.nh, self.scale(), &mut out);
+            out
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
     }
 
     #[test]
@@ -280,6 +549,181 @@ mod tests {
             for (a, b) in got.iter().zip(&want[start * nh * hd..]) {
                 assert!((a - b).abs() < 1e-5, "{a} vs {b}");
             }
+        }
+    }
+
+    #[test]
+    fn tiled_kernel_matches_per_query_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+        // (heads, KV heads, head dim, block size): SmolLM2's GQA, Qwen2.5's group of 7 with a head
+        // dim that takes the 8-wide step, and a head dim with a scalar tail.
+        for (nh, nkv, hd, bs) in [(9, 3, 64, 16), (14, 2, 24, 16), (4, 1, 20, 5)] {
+            // (query_len, context_len) per sequence: decode, short prefill, chunk after a prefix,
+            // whole prompt, chunk past a block boundary.
+            let shapes: [(usize, usize); 5] = [(1, 37), (3, 3), (17, 80), (64, 64), (64, 130)];
+            let blocks_per_seq: Vec<usize> = shapes.iter().map(|&(_, c)| c.div_ceil(bs)).collect();
+            let n_blocks: usize = blocks_per_seq.iter().sum::<usize>() + 7;
+            let n_tok: usize = shapes.iter().map(|&(l, _)| l).sum();
+            let fx = Fixture::new(&mut rng, nh, nkv, hd, bs, n_blocks, n_tok);
+            // Scattered, shuffled blocks: no sequence owns a contiguous range.
+            let mut ids: Vec<u32> = (0..n_blocks as u32).collect();
+            ids.shuffle(&mut rng);
+            let mut tables = Vec::new();
+            let mut used = 0;
+            for &nb in &blocks_per_seq {
+                tables.push(ids[used..used + nb].to_vec());
+                used += nb;
+            }
+            let mut seqs = Vec::new();
+            let mut start = 0;
+            for (&(query_len, context_len), table) in shapes.iter().zip(&tables) {
+                seqs.push(AttentionSeq { query_start: start, query_len, context_len, block_table: table });
+                start += query_len;
+            }
+            for threads in [1, 2] {
+                let pool = ThreadPool::new(threads);
+                for kv in fx.caches() {
+                    let got = fx.run(&pool, &kv, &seqs, 0);
+                    let f16 = matches!(kv.data, KvRef::F16 { .. });
+                    let reference = |softmax: fn(&mut [f32])| {
+                        let mut want = vec![0f32; got.len()];
+                        let (q, scale) = (&fx.q, fx.scale());
+                        match kv.data {
+                            KvRef::F32 { k, v } => {
+                                per_query_reference(q, k, v, &kv, &seqs, nh, scale, softmax, &mut want)
+                            }
+                            KvRef::F16 { k, v } => {
+                                per_query_reference(q, k, v, &kv, &seqs, nh, scale, softmax, &mut want)
+                            }
+                        }
+                        want
+                    };
+                    // Where the bits may differ (f16 caches with a tail, below), a score an ulp
+                    // apart can round its f16 weight to the neighbouring half: 2^-11 relative.
+                    let tol = if f16 { 1e-4 } else { 1e-6 };
+                    let want = reference(legacy_softmax);
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!((a - b).abs() <= tol, "hd={hd} f16={f16} element {i}: {a} vs {b}");
+                    }
+                    // The same operations, so the same bits: always for f32 caches; for f16 ones
+                    // when `dot_f16` has no scalar tail (hd % 8 == 0; it adds its tail to the lane
+                    // sum, `dot` element by element onto it) and its SIMD path runs.
+                    if !f16 || (hd % 8 == 0 && crate::quant::common::has_avx2()) {
+                        assert_eq!(bits(&got), bits(&want), "hd={hd} f16={f16}: not bit-identical");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_token_and_head_is_bit_identical_in_any_tile() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for (nh, nkv, hd, bs) in [(9, 3, 64, 16), (14, 2, 24, 8), (4, 1, 20, 5)] {
+            let n = 64usize;
+            let row = nh * hd;
+            // The sequence's blocks, scattered, plus blocks for a second sequence of 40 tokens.
+            let (nb, nb2) = (n.div_ceil(bs), 40usize.div_ceil(bs));
+            let fx = Fixture::new(&mut rng, nh, nkv, hd, bs, nb + nb2 + 3, n + 8);
+            let mut ids: Vec<u32> = (0..(nb + nb2 + 3) as u32).collect();
+            ids.shuffle(&mut rng);
+            let (table, other) = (&ids[..nb], &ids[nb..nb + nb2]);
+            // The cache holds all 64 tokens already; each run queries some of them.
+            let seq = |query_start, t0: usize, len: usize| AttentionSeq {
+                query_start,
+                query_len: len,
+                context_len: t0 + len,
+                block_table: table,
+            };
+            for kv in fx.caches() {
+                let pool2 = ThreadPool::new(2);
+                // One 64-token query.
+                let whole = fx.run(&pool2, &kv, &[seq(0, 0, n)], 0);
+                let mut runs: Vec<(String, Vec<f32>)> = Vec::new();
+                for threads in [1, 2, 3] {
+                    let pool = ThreadPool::new(threads);
+                    // Chunked prefill 1 + 7 + 20 + 36.
+                    let mut chunked = Vec::new();
+                    let mut t0 = 0;
+                    for len in [1, 7, 20, 36] {
+                        chunked.extend(fx.run(&pool, &kv, &[seq(0, t0, len)], t0));
+                        t0 += len;
+                    }
+                    runs.push((format!("chunks 1+7+20+36, {threads} threads"), chunked));
+                    // One token at a time (decode, or speculative verification rows of length 1).
+                    let mut single = Vec::new();
+                    for t in 0..n {
+                        single.extend(fx.run(&pool, &kv, &[seq(0, t, 1)], t));
+                    }
+                    runs.push((format!("one token at a time, {threads} threads"), single));
+                    // Chunks 5 + 59 batched with other sequences: a decode and a prefill chunk of
+                    // another sequence before it (their queries reuse the fixture's tokens 64..).
+                    let mut mixed = Vec::new();
+                    for (t0, len) in [(0, 5), (5, 59)] {
+                        let mut q = fx.q[n * row..(n + 4) * row].to_vec();
+                        q.extend_from_slice(&fx.q[t0 * row..(t0 + len) * row]);
+                        let seqs = [
+                            AttentionSeq { query_start: 0, query_len: 1, context_len: 40, block_table: other },
+                            AttentionSeq { query_start: 1, query_len: 3, context_len: 20, block_table: other },
+                            seq(4, t0, len),
+                        ];
+                        let mut out = vec![f32::NAN; (4 + len) * row];
+                        paged_attention(&pool, &q, &kv, &seqs, nh, fx.scale(), &mut out);
+                        mixed.extend_from_slice(&out[4 * row..]);
+                    }
+                    runs.push((format!("chunks 5+59 in a mixed batch, {threads} threads"), mixed));
+                }
+                for (name, got) in &runs {
+                    assert_eq!(got.len(), whole.len(), "{name}");
+                    for (i, (a, b)) in got.iter().zip(&whole).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "hd={hd} {name}: token {} head {} differs from the 64-token query: {a} vs {b}",
+                            i / row,
+                            i % row / hd
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_cover_every_query_once_and_give_every_thread_work() {
+        let table = [0u32; 64];
+        let seqs = |shapes: &[(usize, usize)]| {
+            let mut start = 0;
+            shapes
+                .iter()
+                .map(|&(query_len, context_len)| {
+                    start += query_len;
+                    AttentionSeq { query_start: start - query_len, query_len, context_len, block_table: &table }
+                })
+                .collect::<Vec<_>>()
+        };
+        for (shapes, threads, min_tiles) in [
+            (vec![(1, 100)], 2, 4),
+            (vec![(1, 100)], 1, 3),
+            (vec![(512, 512)], 2, 192),
+            (vec![(1, 10), (17, 40), (3, 3)], 2, 15),
+        ] {
+            let seqs = seqs(&shapes);
+            let (nkv, group) = (3, 3);
+            let tiles = plan_tiles(&seqs, nkv, group, threads);
+            assert!(tiles.len() >= min_tiles, "{shapes:?}: {} tiles", tiles.len());
+            let mut hits = std::collections::HashMap::new();
+            for t in &tiles {
+                assert!(t.nt <= TILE_TOKENS && t.nt > 0 && t.nh > 0);
+                for i in t.t0..t.t0 + t.nt {
+                    for h in t.h0..t.h0 + t.nh {
+                        *hits.entry((t.seq, i, t.kvh * group + h)).or_insert(0) += 1;
+                    }
+                }
+            }
+            let queries: usize = shapes.iter().map(|&(l, _)| l).sum::<usize>() * nkv * group;
+            assert_eq!(hits.len(), queries, "{shapes:?}");
+            assert!(hits.values().all(|&c| c == 1), "{shapes:?}");
         }
     }
 }

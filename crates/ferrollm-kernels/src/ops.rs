@@ -231,6 +231,109 @@ pub fn axpy_f16_scalar(a: f32, x: &[u16], y: &mut [f32]) {
     }
 }
 
+/// `out[i]` = the f32 value of the IEEE half bits `x[i]` (exact): F16C where available, else
+/// [`f16_to_f32_row_scalar`]; both give the same bits. The tiled attention widens K and V rows
+/// this way once per tile.
+pub fn f16_to_f32_row(x: &[u16], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "f16 row lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time; lengths are equal (asserted above).
+        unsafe { x86::f16_to_f32_row(x, out) };
+        return;
+    }
+    f16_to_f32_row_scalar(x, out)
+}
+
+/// Reference for [`f16_to_f32_row`].
+#[inline]
+pub fn f16_to_f32_row_scalar(x: &[u16], out: &mut [f32]) {
+    for (o, &h) in out.iter_mut().zip(x) {
+        *o = half::f16::from_bits(h).to_f32();
+    }
+}
+
+/// Checks the shapes of [`dot_many`]: returns the row counts of `q` and `k`.
+fn dot_many_shape(q: &[f32], k: &[f32], dim: usize, out_len: usize, out_stride: usize) -> (usize, usize) {
+    assert!(dim > 0, "dot_many: zero dim");
+    assert!(q.len().is_multiple_of(dim) && k.len().is_multiple_of(dim), "dot_many: rows of {dim}");
+    let (nq, nk) = (q.len() / dim, k.len() / dim);
+    if nq > 0 && nk > 0 {
+        assert!(out_stride >= nk, "dot_many: out stride {out_stride} < {nk} keys");
+        assert!(out_len >= (nq - 1) * out_stride + nk, "dot_many: out too short");
+    }
+    (nq, nk)
+}
+
+/// Every dot product of a `dim`-long row of `q` with one of `k`, times `scale`:
+/// `out[r * out_stride + p] = dot(q_r, k_p) * scale`, each bit for bit what [`dot`] gives times
+/// `scale` (AVX2 where the CPU has it, else [`dot_many_scalar`], as for [`dot`]). Other entries of
+/// `out` are left alone.
+///
+/// The AVX2 kernel takes blocks of 3 rows by 2 keys: each chunk of a key it loads serves 3 rows,
+/// each chunk of a row 2 keys. Every single dot product keeps [`dot`]'s lanes, its two
+/// accumulators, its horizontal-sum order and its scalar tail, so which block (or which call) a
+/// dot product is computed in never changes its bits.
+pub fn dot_many(q: &[f32], k: &[f32], dim: usize, scale: f32, out: &mut [f32], out_stride: usize) {
+    dot_many_shape(q, k, dim, out.len(), out_stride);
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time; the shapes were checked above.
+        unsafe { x86::dot_many(q, k, dim, scale, out, out_stride) };
+        return;
+    }
+    dot_many_scalar(q, k, dim, scale, out, out_stride)
+}
+
+/// Reference for [`dot_many`]: [`dot_scalar`] per entry.
+pub fn dot_many_scalar(q: &[f32], k: &[f32], dim: usize, scale: f32, out: &mut [f32], out_stride: usize) {
+    dot_many_shape(q, k, dim, out.len(), out_stride);
+    for (r, qr) in q.chunks_exact(dim).enumerate() {
+        for (p, kp) in k.chunks_exact(dim).enumerate() {
+            out[r * out_stride + p] = dot_scalar(qr, kp) * scale;
+        }
+    }
+}
+
+/// Checks the shapes of [`axpy_many`].
+fn axpy_many_shape(w: &[f32], w_stride: usize, n: &[usize], v: &[f32], dim: usize, out: &[f32]) {
+    assert!(dim > 0, "axpy_many: zero dim");
+    assert!(v.len().is_multiple_of(dim), "axpy_many: rows of {dim}");
+    assert_eq!(out.len(), n.len() * dim, "axpy_many: one out row per count");
+    for (r, &nr) in n.iter().enumerate() {
+        assert!(nr <= v.len() / dim, "axpy_many: count {nr} beyond the rows of v");
+        assert!(nr == 0 || w.len() >= r * w_stride + nr, "axpy_many: weights too short");
+    }
+}
+
+/// Weighted sums of the `dim`-long rows of `v`: for each row `r` of `out` (one per entry of `n`),
+/// `out_r += w[r * w_stride + p] * v_p` for `p` in `0..n[r]`, in that order. Each element of
+/// `out` goes through the very operations that calling [`axpy`] once per `p` would do (AVX2
+/// where the CPU has it, else [`axpy_many_scalar`], as for [`axpy`]).
+///
+/// The AVX2 kernel keeps a block of 4 rows by 16 columns in registers across all the keys, so
+/// each chunk of `v` it loads serves 4 rows and no partial sum goes through memory.
+pub fn axpy_many(w: &[f32], w_stride: usize, n: &[usize], v: &[f32], dim: usize, out: &mut [f32]) {
+    axpy_many_shape(w, w_stride, n, v, dim, out);
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time; the shapes were checked above.
+        unsafe { x86::axpy_many(w, w_stride, n, v, dim, out) };
+        return;
+    }
+    axpy_many_scalar(w, w_stride, n, v, dim, out)
+}
+
+/// Reference for [`axpy_many`]: [`axpy_scalar`] per row and weight.
+pub fn axpy_many_scalar(w: &[f32], w_stride: usize, n: &[usize], v: &[f32], dim: usize, out: &mut [f32]) {
+    axpy_many_shape(w, w_stride, n, v, dim, out);
+    for (r, (o, &nr)) in out.chunks_exact_mut(dim).zip(n).enumerate() {
+        for (p, vp) in v.chunks_exact(dim).take(nr).enumerate() {
+            axpy_scalar(w[r * w_stride + p], vp, o);
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -376,6 +479,246 @@ mod x86 {
         }
         super::axpy_f16_scalar(a, &x[i..], &mut y[i..]);
     }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C, and `x.len() == out.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f16_to_f32_row(x: &[u16], out: &mut [f32]) {
+        let n = x.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n and both slices hold n elements; `out` is borrowed mutably.
+            unsafe {
+                let h = _mm_loadu_si128(x.as_ptr().add(i).cast());
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+            i += 8;
+        }
+        super::f16_to_f32_row_scalar(&x[i..], &mut out[i..]);
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `dim > 0`, `q` and `k` hold whole rows of `dim` floats,
+    /// and `out` holds `(rows of q - 1) * out_stride + rows of k` floats with `out_stride` at
+    /// least the rows of `k` (what `super::dot_many_shape` checks).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_many(q: &[f32], k: &[f32], dim: usize, scale: f32, out: &mut [f32], out_stride: usize) {
+        let (nq, nk) = (q.len() / dim, k.len() / dim);
+        let (pq, pk, po) = (q.as_ptr(), k.as_ptr(), out.as_mut_ptr());
+        let mut r = 0;
+        while r < nq {
+            let rows = (nq - r).min(3);
+            let mut p = 0;
+            while p < nk {
+                let keys = (nk - p).min(2);
+                // SAFETY: rows r..r + rows of q and p..p + keys of k exist, and so do their
+                // entries of `out` (shapes as documented above).
+                unsafe {
+                    let (a, b, o) = (pq.add(r * dim), pk.add(p * dim), po.add(r * out_stride + p));
+                    match (rows, keys) {
+                        (3, 2) => dot_block::<3, 2>(a, b, dim, scale, o, out_stride),
+                        (3, _) => dot_block::<3, 1>(a, b, dim, scale, o, out_stride),
+                        (2, 2) => dot_block::<2, 2>(a, b, dim, scale, o, out_stride),
+                        (2, _) => dot_block::<2, 1>(a, b, dim, scale, o, out_stride),
+                        (_, 2) => dot_block::<1, 2>(a, b, dim, scale, o, out_stride),
+                        _ => dot_block::<1, 1>(a, b, dim, scale, o, out_stride),
+                    }
+                }
+                p += keys;
+            }
+            r += rows;
+        }
+    }
+
+    /// `R` rows (at `q`, `dim` apart) against `K` keys (at `k`, `dim` apart); each of the `R * K`
+    /// dot products runs exactly the operations of [`dot`].
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the rows and keys hold `dim` floats each, and `out` is writable at
+    /// `r * out_stride + j` for every `r < R`, `j < K`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn dot_block<const R: usize, const K: usize>(
+        q: *const f32,
+        k: *const f32,
+        dim: usize,
+        scale: f32,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let mut acc0 = [[_mm256_setzero_ps(); K]; R];
+        let mut acc1 = [[_mm256_setzero_ps(); K]; R];
+        let mut kv = [_mm256_setzero_ps(); K];
+        let mut i = 0;
+        // SAFETY (all loads): row r of q and key j of k hold `dim` floats from q + r * dim and
+        // k + j * dim, and each load reads 8 floats at an offset below i + 16 <= dim, resp.
+        // i + 8 <= dim.
+        while i + 16 <= dim {
+            for j in 0..K {
+                kv[j] = unsafe { _mm256_loadu_ps(k.add(j * dim + i)) };
+            }
+            for r in 0..R {
+                let qv = unsafe { _mm256_loadu_ps(q.add(r * dim + i)) };
+                for j in 0..K {
+                    acc0[r][j] = _mm256_fmadd_ps(qv, kv[j], acc0[r][j]);
+                }
+            }
+            for j in 0..K {
+                kv[j] = unsafe { _mm256_loadu_ps(k.add(j * dim + i + 8)) };
+            }
+            for r in 0..R {
+                let qv = unsafe { _mm256_loadu_ps(q.add(r * dim + i + 8)) };
+                for j in 0..K {
+                    acc1[r][j] = _mm256_fmadd_ps(qv, kv[j], acc1[r][j]);
+                }
+            }
+            i += 16;
+        }
+        if i + 8 <= dim {
+            for j in 0..K {
+                kv[j] = unsafe { _mm256_loadu_ps(k.add(j * dim + i)) };
+            }
+            for r in 0..R {
+                let qv = unsafe { _mm256_loadu_ps(q.add(r * dim + i)) };
+                for j in 0..K {
+                    acc0[r][j] = _mm256_fmadd_ps(qv, kv[j], acc0[r][j]);
+                }
+            }
+            i += 8;
+        }
+        for r in 0..R {
+            for j in 0..K {
+                // The horizontal sum and the tail of `dot`, operation for operation.
+                let acc = _mm256_add_ps(acc0[r][j], acc1[r][j]);
+                let hi = _mm256_extractf128_ps(acc, 1);
+                let lo = _mm256_castps256_ps128(acc);
+                let s4 = _mm_add_ps(hi, lo);
+                let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+                let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+                let mut s = _mm_cvtss_f32(s1);
+                for t in i..dim {
+                    // SAFETY: t < dim, inside row r and key j.
+                    s += unsafe { *q.add(r * dim + t) * *k.add(j * dim + t) };
+                }
+                // SAFETY: r < R and j < K: writable by the caller's promise.
+                unsafe { *out.add(r * out_stride + j) = s * scale };
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; the shapes are those `super::axpy_many_shape` checks:
+    /// `dim > 0`, `out` holds `n.len()` rows of `dim`, `v` at least `n[r]` rows of `dim`, and `w`
+    /// holds `r * w_stride + n[r]` floats for every row with `n[r] > 0`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy_many(w: &[f32], w_stride: usize, n: &[usize], v: &[f32], dim: usize, out: &mut [f32]) {
+        let rows = n.len();
+        let (pw, pv, po) = (w.as_ptr(), v.as_ptr(), out.as_mut_ptr());
+        let mut r = 0;
+        while r < rows {
+            let nr = (rows - r).min(4);
+            let counts = &n[r..r + nr];
+            let mut d = 0;
+            // SAFETY (the blocks): rows r..r + nr of `out` exist, their counts are within `v`'s
+            // rows and `w`'s length, and columns d..d + 16 (resp. d + 8) are below `dim`.
+            unsafe {
+                let (w_r, o_r) = (pw.add(r * w_stride), po.add(r * dim));
+                while d + 16 <= dim {
+                    match nr {
+                        4 => axpy_block::<4, 2>(w_r, w_stride, counts, pv, dim, d, o_r),
+                        3 => axpy_block::<3, 2>(w_r, w_stride, counts, pv, dim, d, o_r),
+                        2 => axpy_block::<2, 2>(w_r, w_stride, counts, pv, dim, d, o_r),
+                        _ => axpy_block::<1, 2>(w_r, w_stride, counts, pv, dim, d, o_r),
+                    }
+                    d += 16;
+                }
+                if d + 8 <= dim {
+                    match nr {
+                        4 => axpy_block::<4, 1>(w_r, w_stride, counts, pv, dim, d, o_r),
+                        3 => axpy_block::<3, 1>(w_r, w_stride, counts, pv, dim, d, o_r),
+                        2 => axpy_block::<2, 1>(w_r, w_stride, counts, pv, dim, d, o_r),
+                        _ => axpy_block::<1, 1>(w_r, w_stride, counts, pv, dim, d, o_r),
+                    }
+                    d += 8;
+                }
+            }
+            // The last dim % 8 columns: `axpy`'s scalar tail, key by key.
+            for (i, &c) in counts.iter().enumerate().filter(|_| d < dim) {
+                for p in 0..c {
+                    // SAFETY: as for the blocks; t < dim. Raw pointers throughout, so `po`
+                    // stays valid for the next rows.
+                    unsafe {
+                        let a = *pw.add((r + i) * w_stride + p);
+                        for t in d..dim {
+                            *po.add((r + i) * dim + t) += a * *pv.add(p * dim + t);
+                        }
+                    }
+                }
+            }
+            r += nr;
+        }
+    }
+
+    /// Columns `d0..d0 + 8 * C` of `R` rows of `out` (at `out`, `dim` apart): row `r` adds
+    /// `w[r * w_stride + p] * v_p` for `p < n[r]` in order, with `axpy`'s fused multiply-add.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `n.len() == R`; row `r` of `out` and rows `p < n[r]` of `v` hold at least
+    /// `d0 + 8 * C <= dim` floats, and `w` is readable at `r * w_stride + p` for `p < n[r]`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn axpy_block<const R: usize, const C: usize>(
+        w: *const f32,
+        w_stride: usize,
+        n: &[usize],
+        v: *const f32,
+        dim: usize,
+        d0: usize,
+        out: *mut f32,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut vv = [_mm256_setzero_ps(); C];
+        // SAFETY (all loads and stores below): inside the rows and columns the caller promises.
+        for r in 0..R {
+            for c in 0..C {
+                acc[r][c] = unsafe { _mm256_loadu_ps(out.add(r * dim + d0 + 8 * c)) };
+            }
+        }
+        let (lo, hi) = (n.iter().copied().min().unwrap_or(0), n.iter().copied().max().unwrap_or(0));
+        // Keys every row takes.
+        for p in 0..lo {
+            for c in 0..C {
+                vv[c] = unsafe { _mm256_loadu_ps(v.add(p * dim + d0 + 8 * c)) };
+            }
+            for r in 0..R {
+                let a = _mm256_set1_ps(unsafe { *w.add(r * w_stride + p) });
+                for c in 0..C {
+                    acc[r][c] = _mm256_fmadd_ps(a, vv[c], acc[r][c]);
+                }
+            }
+        }
+        // Keys only the rows with longer contexts take (the causal triangle of a tile).
+        for p in lo..hi {
+            for c in 0..C {
+                vv[c] = unsafe { _mm256_loadu_ps(v.add(p * dim + d0 + 8 * c)) };
+            }
+            for r in 0..R {
+                if p < n[r] {
+                    let a = _mm256_set1_ps(unsafe { *w.add(r * w_stride + p) });
+                    for c in 0..C {
+                        acc[r][c] = _mm256_fmadd_ps(a, vv[c], acc[r][c]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                unsafe { _mm256_storeu_ps(out.add(r * dim + d0 + 8 * c), acc[r][c]) };
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -456,6 +799,77 @@ mod tests {
             axpy_scalar(0.37, &a, &mut y2);
             for (p, q) in y1.iter().zip(&y2) {
                 assert!((p - q).abs() <= 1e-6, "axpy n={n}");
+            }
+        }
+    }
+
+    #[test]
+    fn f16_widening_matches_scalar_reference_on_every_half() {
+        // Every f16 bit pattern, in rows long enough for the SIMD body and a tail.
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        for n in [0, 1, 7, 8, 9, 65536] {
+            let x = &all[all.len() - n..];
+            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+            f16_to_f32_row(x, &mut a);
+            f16_to_f32_row_scalar(x, &mut b);
+            for ((p, q), h) in a.iter().zip(&b).zip(x) {
+                assert!(p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan()), "f16 {h:#06x}: {p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn dot_many_and_axpy_many_equal_single_calls_bit_for_bit() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for dim in [1, 5, 8, 13, 16, 24, 31, 64, 72, 128] {
+            for (nq, nk) in [(1, 1), (1, 4), (2, 3), (3, 2), (4, 5), (7, 4), (9, 9), (24, 13)] {
+                let q: Vec<f32> = (0..nq * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let k: Vec<f32> = (0..nk * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let (stride, scale) = (nk + 3, 0.125f32);
+                // Entries between rows (the stride's padding) must stay untouched: NaN.
+                let mut fast = vec![f32::NAN; nq * stride];
+                let mut slow = vec![f32::NAN; nq * stride];
+                dot_many(&q, &k, dim, scale, &mut fast, stride);
+                dot_many_scalar(&q, &k, dim, scale, &mut slow, stride);
+                for r in 0..nq {
+                    let qr = &q[r * dim..][..dim];
+                    for p in 0..stride {
+                        let (f, s) = (fast[r * stride + p], slow[r * stride + p]);
+                        if p >= nk {
+                            assert!(f.is_nan() && s.is_nan(), "dot_many wrote padding dim={dim}");
+                            continue;
+                        }
+                        let kp = &k[p * dim..][..dim];
+                        assert_eq!(f.to_bits(), (dot(qr, kp) * scale).to_bits(), "dot_many dim={dim} r={r} p={p}");
+                        assert_eq!(s.to_bits(), (dot_scalar(qr, kp) * scale).to_bits(), "scalar dim={dim}");
+                        let mag: f32 = qr.iter().zip(kp).map(|(a, b)| (a * b).abs()).sum::<f32>() * scale + 1e-6;
+                        assert!((f - s).abs() <= 1e-5 * mag, "dot_many vs scalar dim={dim}: {f} vs {s}");
+                    }
+                }
+
+                // Weighted sums: random counts per row (0 and all keys included), weights with a stride.
+                let ws = nk + 2;
+                let w: Vec<f32> = (0..nq * ws).map(|_| rng.gen_range(0.0..1.0)).collect();
+                let n: Vec<usize> = (0..nq).map(|r| if r == 0 { nk } else { rng.gen_range(0..=nk) }).collect();
+                let init: Vec<f32> = (0..nq * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let (mut fast, mut slow) = (init.clone(), init.clone());
+                axpy_many(&w, ws, &n, &k, dim, &mut fast);
+                axpy_many_scalar(&w, ws, &n, &k, dim, &mut slow);
+                let (mut want, mut want_scalar) = (init.clone(), init.clone());
+                for r in 0..nq {
+                    for p in 0..n[r] {
+                        let kp = &k[p * dim..][..dim];
+                        axpy(w[r * ws + p], kp, &mut want[r * dim..][..dim]);
+                        axpy_scalar(w[r * ws + p], kp, &mut want_scalar[r * dim..][..dim]);
+                    }
+                }
+                assert_eq!(bits(&fast), bits(&want), "axpy_many dim={dim} nq={nq} nk={nk}");
+                assert_eq!(bits(&slow), bits(&want_scalar), "axpy_many_scalar dim={dim}");
+                for (f, s) in fast.iter().zip(&slow) {
+                    assert!((f - s).abs() <= 1e-5 * (nk as f32 + 1.0), "axpy_many vs scalar dim={dim}: {f} vs {s}");
+                }
             }
         }
     }
