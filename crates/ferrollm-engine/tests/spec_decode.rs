@@ -257,3 +257,19 @@ fn draft_model_cut_to_n_layers_drafts_exactly_what_layer_skip_n_drafts() {
     assert_eq!(ls, dm);
     let _ = std::fs::remove_dir_all(draft.parent().unwrap());
 }
+
+/// A draft model given as a Hugging Face directory (safetensors, f16) for a target given as
+/// another (f32): the same loader path as a GGUF draft, with greedy output unchanged and most
+/// drafts accepted (the draft is the target's own weights at half precision).
+#[test]
+fn draft_model_from_a_hugging_face_directory() {
+    let hf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf");
+    let (target, draft) = (hf.join("tiny-llama"), hf.join("tiny-llama-f16"));
+    let prompts: Vec<String> = (0..6).map(|i| format!("Item {i}: the quick brown fox, the quick brown")).collect();
+    let params = SamplingParams::greedy(24);
+    let want = token_ids(&llm(target.clone(), None).generate(&prompts, &params).unwrap());
+    let l = llm(target, Some(&common::draft_model_spec(&draft, 3)));
+    assert_eq!(token_ids(&l.generate(&prompts, &params).unwrap()), want);
+    let st = l.engine().scheduler_stats();
+    assert!(st.spec_num_accepted_tokens * 2 > st.spec_num_draft_tokens, "f16 twin drafts rarely accepted: {st:?}");
+}
