@@ -258,6 +258,7 @@ pub fn dot_group<const MB: usize, const HB: usize>(
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
+    use super::super::x86::store_rows8;
     use super::*;
     use std::arch::x86_64::*;
 
@@ -277,20 +278,11 @@ pub mod avx2 {
         }
         assert!(out.len() >= acts.len());
         match acts.len() {
-            1 => store(dot_blocks::<MB, HB, 1>(blocks, m_per_d, acts.try_into().unwrap()), out),
-            2 => store(dot_blocks::<MB, HB, 2>(blocks, m_per_d, acts.try_into().unwrap()), out),
-            3 => store(dot_blocks::<MB, HB, 3>(blocks, m_per_d, acts.try_into().unwrap()), out),
-            4 => store(dot_blocks::<MB, HB, 4>(blocks, m_per_d, acts.try_into().unwrap()), out),
+            1 => store_rows8(dot_blocks::<MB, HB, 1>(blocks, m_per_d, acts.try_into().unwrap()), out),
+            2 => store_rows8(dot_blocks::<MB, HB, 2>(blocks, m_per_d, acts.try_into().unwrap()), out),
+            3 => store_rows8(dot_blocks::<MB, HB, 3>(blocks, m_per_d, acts.try_into().unwrap()), out),
+            4 => store_rows8(dot_blocks::<MB, HB, 4>(blocks, m_per_d, acts.try_into().unwrap()), out),
             n => panic!("token tile of {n}"),
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn store<const T: usize>(acc: [__m256; T], out: &mut [[f32; ROWS]]) {
-        for (o, a) in out.iter_mut().zip(acc) {
-            // SAFETY: `o` is 8 writable f32s; unaligned store.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
         }
     }
 

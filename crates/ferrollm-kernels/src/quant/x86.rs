@@ -151,3 +151,13 @@ pub fn reduce4(p: [__m256i; 4]) -> __m256i {
     let y = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
     _mm256_add_epi32(_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y))
 }
+
+/// Each token's eight interleaved-row outputs (one vector per token) into `out`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn store_rows8<const T: usize>(acc: [__m256; T], out: &mut [[f32; 8]]) {
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 8 writable f32s; unaligned store.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}

@@ -101,6 +101,7 @@ impl Interleaved for X8Q8_0 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::super::x86::store_rows8;
     use super::*;
     use std::arch::x86_64::*;
 
@@ -113,20 +114,11 @@ mod avx2 {
         }
         assert!(out.len() >= acts.len());
         match acts.len() {
-            1 => store(dot_blocks::<1>(blocks, acts.try_into().unwrap()), out),
-            2 => store(dot_blocks::<2>(blocks, acts.try_into().unwrap()), out),
-            3 => store(dot_blocks::<3>(blocks, acts.try_into().unwrap()), out),
-            4 => store(dot_blocks::<4>(blocks, acts.try_into().unwrap()), out),
+            1 => store_rows8(dot_blocks::<1>(blocks, acts.try_into().unwrap()), out),
+            2 => store_rows8(dot_blocks::<2>(blocks, acts.try_into().unwrap()), out),
+            3 => store_rows8(dot_blocks::<3>(blocks, acts.try_into().unwrap()), out),
+            4 => store_rows8(dot_blocks::<4>(blocks, acts.try_into().unwrap()), out),
             n => panic!("token tile of {n}"),
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn store<const T: usize>(acc: [__m256; T], out: &mut [[f32; ROWS]]) {
-        for (o, a) in out.iter_mut().zip(acc) {
-            // SAFETY: `o` is 8 writable f32s; unaligned store.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
         }
     }
 
