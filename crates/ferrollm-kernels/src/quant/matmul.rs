@@ -110,21 +110,11 @@ fn run<A, D>(
     let apr = cols / act_block; // activation blocks per token
     let acts = quantize_acts(pool, x, n, cols, apr, quantize);
 
-    let total_rows: usize = ws.iter().map(|w| w.rows).sum();
-    let threads = pool.num_threads();
-    let n_tasks = if threads == 1 { 1 } else { (threads * 8).min(total_rows.div_ceil(4)).max(1) };
-    let chunk = total_rows.div_ceil(n_tasks);
-    // (matrix, first row, end row) of each task.
-    let tasks: Vec<(usize, usize, usize)> = ws
-        .iter()
-        .enumerate()
-        .flat_map(|(m, w)| (0..w.rows).step_by(chunk).map(move |r0| (m, r0, (r0 + chunk).min(w.rows))))
-        .collect();
+    let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 4);
     let rb = ws[0].row_bytes();
     // Few tokens: one kernel call per task. Many: L1-sized row sub-blocks that all tokens visit.
     let sub = if n <= TILE { chunk } else { (WEIGHT_BLOCK_BYTES / rb).clamp(1, chunk) };
-    let act_bytes = apr * std::mem::size_of::<A>();
-    let token_block = (TOKEN_BLOCK_BYTES / act_bytes.max(1)).max(TILE) / TILE * TILE;
+    let token_block = token_block(apr * std::mem::size_of::<A>());
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
         let (m, r0, r1) = tasks[task];
@@ -163,20 +153,8 @@ fn run_x8<B: Interleaved>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usiz
     let apr = cols / 32;
     let acts = quantize_acts(pool, x, n, cols, apr, act::quantize_q8a);
     let group_bytes = apr * B::BYTES;
-    let total_groups: usize = ws.iter().map(|w| w.rows / x8::ROWS).sum();
-    let threads = pool.num_threads();
-    let n_tasks = if threads == 1 { 1 } else { (threads * 8).min(total_groups).max(1) };
-    let chunk = total_groups.div_ceil(n_tasks);
-    // (matrix, first group, end group) of each task.
-    let tasks: Vec<(usize, usize, usize)> = ws
-        .iter()
-        .enumerate()
-        .flat_map(|(m, w)| {
-            let groups = w.rows / x8::ROWS;
-            (0..groups).step_by(chunk).map(move |g0| (m, g0, (g0 + chunk).min(groups)))
-        })
-        .collect();
-    let token_block = (TOKEN_BLOCK_BYTES / (apr * std::mem::size_of::<BlockQ8A>()).max(1)).max(TILE) / TILE * TILE;
+    let (_, tasks) = split(pool, ws.iter().map(|w| w.rows / x8::ROWS), 1);
+    let token_block = token_block(apr * std::mem::size_of::<BlockQ8A>());
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
         let (m, g0, g1) = tasks[task];
@@ -200,6 +178,31 @@ fn run_x8<B: Interleaved>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usiz
             }
         }
     });
+}
+
+/// Splits the units (rows or row groups) of each matrix into runs for the pool's tasks: about
+/// eight per thread, each at least `min_units` long. Returns the run length and the tasks as
+/// (matrix, first unit, end unit); a run never spans two matrices.
+fn split(
+    pool: &ThreadPool,
+    units: impl Iterator<Item = usize> + Clone,
+    min_units: usize,
+) -> (usize, Vec<(usize, usize, usize)>) {
+    let total: usize = units.clone().sum();
+    let threads = pool.num_threads();
+    let n_tasks = if threads == 1 { 1 } else { (threads * 8).min(total.div_ceil(min_units)).max(1) };
+    let chunk = total.div_ceil(n_tasks).max(1);
+    let tasks = units
+        .enumerate()
+        .flat_map(|(m, u)| (0..u).step_by(chunk).map(move |u0| (m, u0, (u0 + chunk).min(u))))
+        .collect();
+    (chunk, tasks)
+}
+
+/// Tokens per block: as many as keep their quantized activations (`act_bytes` each) within
+/// [`TOKEN_BLOCK_BYTES`], in whole tiles.
+fn token_block(act_bytes: usize) -> usize {
+    (TOKEN_BLOCK_BYTES / act_bytes.max(1)).max(TILE) / TILE * TILE
 }
 
 /// Quantizes each token's row; spread over the pool when there is enough of it.

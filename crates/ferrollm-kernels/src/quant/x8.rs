@@ -61,11 +61,6 @@ assert_block!(X8Q5_1, 192);
 pub trait Interleave: Unsigned32 {
     const MB: usize;
     const HB: usize;
-
-    /// The offset per unit of scale for formats that store none (0 for those that do).
-    fn m_per_d() -> f32 {
-        Self::M_PER_D.unwrap_or(0.0)
-    }
 }
 
 impl Interleave for q4_0::BlockQ4_0 {
@@ -106,10 +101,10 @@ pub trait Interleaved: Block {
 
 impl<const MB: usize, const HB: usize> Interleaved for BlockX8<MB, HB> {
     fn dot_group(blocks: &[Self], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
-        dot_group(blocks, Self::M_PER_D, acts, out)
+        dot_group(blocks, acts, out)
     }
     fn dequantize_row(blocks: &[Self], r: usize, out: &mut [f32]) {
-        dequantize_group_row(blocks, r, Self::M_PER_D, out)
+        dequantize_group_row(blocks, r, out)
     }
 }
 
@@ -126,7 +121,7 @@ impl<const MB: usize, const HB: usize> BlockX8<MB, HB> {
     /// Packs block `b` of eight rows.
     pub fn pack<W: Interleave>(rows: [&W; ROWS]) -> Self {
         assert!(W::MB == MB && W::HB == HB, "interleaved layout does not match the source format");
-        assert_eq!(W::m_per_d(), Self::M_PER_D);
+        assert_eq!(W::M_PER_D.unwrap_or(0.0), Self::M_PER_D);
         let mut out = BlockX8 { d: [0; 16], m: [0; MB], qh: [0; HB], qs: [0; 128] };
         for (r, w) in rows.iter().enumerate() {
             let (q, _, _) = w.unpack();
@@ -164,10 +159,10 @@ impl<const MB: usize, const HB: usize> BlockX8<MB, HB> {
         q
     }
 
-    /// Row `r`'s scale and offset (`m_per_d` gives the offset of formats that store none).
-    pub fn scales(&self, r: usize, m_per_d: f32) -> (f32, f32) {
+    /// Row `r`'s scale and offset.
+    pub fn scales(&self, r: usize) -> (f32, f32) {
         let d = f16_to_f32([self.d[2 * r], self.d[2 * r + 1]]);
-        let m = if MB > 0 { f16_to_f32([self.m[2 * r], self.m[2 * r + 1]]) } else { d * m_per_d };
+        let m = if MB > 0 { f16_to_f32([self.m[2 * r], self.m[2 * r + 1]]) } else { d * Self::M_PER_D };
         (d, m)
     }
 }
@@ -175,13 +170,19 @@ impl<const MB: usize, const HB: usize> BlockX8<MB, HB> {
 /// Interleaves a row-major matrix of `W` blocks (`rows` a multiple of 8) into [`BlockX8`]s:
 /// group `g` holds rows `8g..8g + 8`, its blocks in column order.
 pub fn interleave<W: Interleave, const MB: usize, const HB: usize>(bytes: &[u8], rows: usize) -> Vec<u8> {
+    interleave_with(bytes, rows, BlockX8::<MB, HB>::pack::<W>)
+}
+
+/// The interleaving loop shared by every layout: `pack` turns one block of each of eight rows
+/// into one interleaved block.
+pub fn interleave_with<W: Block, X: Block>(bytes: &[u8], rows: usize, pack: impl Fn([&W; ROWS]) -> X) -> Vec<u8> {
     assert!(rows.is_multiple_of(ROWS), "{rows} rows do not split into groups of {ROWS}");
     let blocks: &[W] = as_blocks(bytes);
     let per_row = blocks.len() / rows.max(1);
     let mut out = Vec::with_capacity(bytes.len());
     for g in 0..rows / ROWS {
         for b in 0..per_row {
-            let packed = BlockX8::<MB, HB>::pack(std::array::from_fn(|r| &blocks[(ROWS * g + r) * per_row + b]));
+            let packed = pack(std::array::from_fn(|r| &blocks[(ROWS * g + r) * per_row + b]));
             out.extend_from_slice(super::common::block_bytes(std::slice::from_ref(&packed)));
         }
     }
@@ -189,14 +190,9 @@ pub fn interleave<W: Interleave, const MB: usize, const HB: usize>(bytes: &[u8],
 }
 
 /// Row `r` (0..8) of one group's blocks, dequantized into `out` (`32 · blocks.len()` long).
-pub fn dequantize_group_row<const MB: usize, const HB: usize>(
-    blocks: &[BlockX8<MB, HB>],
-    r: usize,
-    m_per_d: f32,
-    out: &mut [f32],
-) {
+pub fn dequantize_group_row<const MB: usize, const HB: usize>(blocks: &[BlockX8<MB, HB>], r: usize, out: &mut [f32]) {
     for (b, y) in blocks.iter().zip(out.chunks_exact_mut(32)) {
-        let (d, m) = b.scales(r, m_per_d);
+        let (d, m) = b.scales(r);
         for (yi, &q) in y.iter_mut().zip(&b.quants(r)) {
             *yi = q as f32 * d + m;
         }
@@ -222,7 +218,6 @@ pub fn dequantize_row(dtype: DType, group: &[u8], r: usize, out: &mut [f32]) {
 /// column position) and up to 4 tokens; scalar reference, bit-identical to the AVX2 path.
 pub fn dot_group_scalar<const MB: usize, const HB: usize>(
     blocks: &[BlockX8<MB, HB>],
-    m_per_d: f32,
     acts: &[&[BlockQ8A]],
     out: &mut [[f32; ROWS]],
 ) {
@@ -232,7 +227,7 @@ pub fn dot_group_scalar<const MB: usize, const HB: usize>(
         for (blk, ab) in blocks.iter().zip(a.iter()) {
             for (r, acc) in o.iter_mut().enumerate() {
                 let isum: i32 = blk.quants(r).iter().zip(&ab.qs).map(|(&q, &y)| q as i32 * y as i32).sum();
-                let (d, m) = blk.scales(r, m_per_d);
+                let (d, m) = blk.scales(r);
                 *acc = (isum as f32).mul_add(d * ab.d, *acc);
                 *acc = m.mul_add(ab.s, *acc);
             }
@@ -243,17 +238,16 @@ pub fn dot_group_scalar<const MB: usize, const HB: usize>(
 /// [`dot_group_scalar`] with the fastest available code.
 pub fn dot_group<const MB: usize, const HB: usize>(
     blocks: &[BlockX8<MB, HB>],
-    m_per_d: f32,
     acts: &[&[BlockQ8A]],
     out: &mut [[f32; ROWS]],
 ) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2, FMA and F16C were detected.
-        unsafe { avx2::dot_group(blocks, m_per_d, acts, out) };
+        unsafe { avx2::dot_group(blocks, acts, out) };
         return;
     }
-    dot_group_scalar(blocks, m_per_d, acts, out)
+    dot_group_scalar(blocks, acts, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -269,7 +263,6 @@ pub mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_group<const MB: usize, const HB: usize>(
         blocks: &[BlockX8<MB, HB>],
-        m_per_d: f32,
         acts: &[&[BlockQ8A]],
         out: &mut [[f32; ROWS]],
     ) {
@@ -278,10 +271,10 @@ pub mod avx2 {
         }
         assert!(out.len() >= acts.len());
         match acts.len() {
-            1 => store_rows8(dot_blocks::<MB, HB, 1>(blocks, m_per_d, acts.try_into().unwrap()), out),
-            2 => store_rows8(dot_blocks::<MB, HB, 2>(blocks, m_per_d, acts.try_into().unwrap()), out),
-            3 => store_rows8(dot_blocks::<MB, HB, 3>(blocks, m_per_d, acts.try_into().unwrap()), out),
-            4 => store_rows8(dot_blocks::<MB, HB, 4>(blocks, m_per_d, acts.try_into().unwrap()), out),
+            1 => store_rows8(dot_blocks::<MB, HB, 1>(blocks, acts.try_into().unwrap()), out),
+            2 => store_rows8(dot_blocks::<MB, HB, 2>(blocks, acts.try_into().unwrap()), out),
+            3 => store_rows8(dot_blocks::<MB, HB, 3>(blocks, acts.try_into().unwrap()), out),
+            4 => store_rows8(dot_blocks::<MB, HB, 4>(blocks, acts.try_into().unwrap()), out),
             n => panic!("token tile of {n}"),
         }
     }
@@ -304,7 +297,6 @@ pub mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_blocks<const MB: usize, const HB: usize, const T: usize>(
         blocks: &[BlockX8<MB, HB>],
-        m_per_d: f32,
         acts: &[&[BlockQ8A]; T],
     ) -> [__m256; T] {
         let nib = _mm256_set1_epi8(0x0F);
@@ -317,7 +309,7 @@ pub mod avx2 {
                 // SAFETY: as above (`m` is 16 bytes when MB > 0).
                 _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.m.as_ptr().cast()) })
             } else {
-                _mm256_mul_ps(dw, _mm256_set1_ps(m_per_d))
+                _mm256_mul_ps(dw, _mm256_set1_ps(BlockX8::<MB, HB>::M_PER_D))
             };
             // SAFETY: `qh` is 32 readable bytes when HB > 0; unaligned load.
             let qh =
@@ -368,12 +360,24 @@ pub mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::act::quantize_q8a;
     use super::super::common::block_bytes;
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+
+    /// `tokens` rows of `blocks` quantized activation blocks, from uniform values in ±2.
+    pub(crate) fn random_acts(rng: &mut StdRng, tokens: usize, blocks: usize) -> Vec<Vec<BlockQ8A>> {
+        (0..tokens)
+            .map(|_| {
+                let x: Vec<f32> = (0..32 * blocks).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                let mut a = vec![BlockQ8A::default(); blocks];
+                quantize_q8a(&x, &mut a);
+                a
+            })
+            .collect()
+    }
 
     fn random_blocks<W: Interleave>(rng: &mut StdRng, n: usize) -> Vec<W> {
         let mut bytes: Vec<u8> = (0..n * W::BYTES).map(|_| rng.gen()).collect();
@@ -398,27 +402,19 @@ mod tests {
             let src = random_blocks::<W>(&mut rng, rows * per_row);
             let packed = interleave::<W, MB, HB>(block_bytes(&src), rows);
             let x8: &[BlockX8<MB, HB>] = as_blocks(&packed);
-            let m_per_d = W::m_per_d();
             for g in 0..rows / ROWS {
                 let group = &x8[g * per_row..(g + 1) * per_row];
                 for r in 0..ROWS {
                     for b in 0..per_row {
                         let (q, d, m) = src[(g * ROWS + r) * per_row + b].unpack();
                         assert_eq!(group[b].quants(r), q, "quants of row {r} block {b}");
-                        assert_eq!(group[b].scales(r, m_per_d), (d, m), "scales of row {r} block {b}");
+                        assert_eq!(group[b].scales(r), (d, m), "scales of row {r} block {b}");
                     }
                 }
-                let xs: Vec<Vec<BlockQ8A>> = (0..4)
-                    .map(|_| {
-                        let x: Vec<f32> = (0..32 * per_row).map(|_| rng.gen_range(-2.0..2.0)).collect();
-                        let mut a = vec![BlockQ8A::default(); per_row];
-                        quantize_q8a(&x, &mut a);
-                        a
-                    })
-                    .collect();
+                let xs = random_acts(&mut rng, 4, per_row);
                 let acts: Vec<&[BlockQ8A]> = xs.iter().map(|a| a.as_slice()).collect();
                 let mut want = [[0f32; ROWS]; 4];
-                dot_group_scalar(group, m_per_d, &acts, &mut want);
+                dot_group_scalar(group, &acts, &mut want);
                 for r in 0..ROWS {
                     let row = &src[(g * ROWS + r) * per_row..(g * ROWS + r + 1) * per_row];
                     let mut reference = [0f32; 4];
@@ -430,7 +426,7 @@ mod tests {
                 }
                 for k in 1..=4 {
                     let mut got = [[0f32; ROWS]; 4];
-                    dot_group(group, m_per_d, &acts[..k], &mut got);
+                    dot_group(group, &acts[..k], &mut got);
                     assert_eq!(got[..k], want[..k], "{k} tokens: fast path is not bit-identical to the scalar one");
                 }
             }
@@ -465,12 +461,12 @@ mod tests {
         let packed = interleave::<q5_1::BlockQ5_1, 16, 32>(block_bytes(&[w; 8]), 8);
         let a = BlockQ8A { d: 1.0, s: 0.0, qs: [127; 32] };
         let mut got = [[0f32; ROWS]; 1];
-        dot_group::<16, 32>(as_blocks(&packed), 0.0, &[&[a]], &mut got);
+        dot_group::<16, 32>(as_blocks(&packed), &[&[a]], &mut got);
         assert_eq!(got[0], [(31 * 127 * 32) as f32; ROWS]);
         let w4 = q4_1::BlockQ4_1 { d, m: [0; 2], qs: [0xFF; 16] };
         let packed = interleave::<q4_1::BlockQ4_1, 16, 0>(block_bytes(&[w4; 8]), 8);
         let neg = BlockQ8A { d: 1.0, s: 0.0, qs: [-127; 32] };
-        dot_group::<16, 0>(as_blocks(&packed), 0.0, &[&[neg]], &mut got);
+        dot_group::<16, 0>(as_blocks(&packed), &[&[neg]], &mut got);
         assert_eq!(got[0], [-(15 * 127 * 32) as f32; ROWS]);
     }
 }

@@ -8,7 +8,7 @@
 //! `acc = fma(isum, dw·da, acc)` block after block, in the scalar path too.
 
 use super::act::BlockQ8A;
-use super::common::{as_blocks, block_bytes, f16_to_f32, has_avx2, Block};
+use super::common::{f16_to_f32, has_avx2, Block};
 use super::q8_0::BlockQ8_0;
 use super::x8::{Interleaved, ROWS};
 
@@ -50,17 +50,7 @@ impl X8Q8_0 {
 
 /// Interleaves a row-major Q8_0 matrix (`rows` a multiple of 8); layout as in [`super::x8::interleave`].
 pub fn interleave(bytes: &[u8], rows: usize) -> Vec<u8> {
-    assert!(rows.is_multiple_of(ROWS), "{rows} rows do not split into groups of {ROWS}");
-    let blocks: &[BlockQ8_0] = as_blocks(bytes);
-    let per_row = blocks.len() / rows.max(1);
-    let mut out = Vec::with_capacity(bytes.len());
-    for g in 0..rows / ROWS {
-        for b in 0..per_row {
-            let packed = X8Q8_0::pack(std::array::from_fn(|r| &blocks[(ROWS * g + r) * per_row + b]));
-            out.extend_from_slice(block_bytes(std::slice::from_ref(&packed)));
-        }
-    }
-    out
+    super::x8::interleave_with(bytes, rows, X8Q8_0::pack)
 }
 
 /// Scalar reference of [`Interleaved::dot_group`], bit-identical to the AVX2 path.
@@ -153,7 +143,7 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::act::quantize_q8a;
+    use super::super::common::as_blocks;
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -171,14 +161,7 @@ mod tests {
             let src: &[BlockQ8_0] = as_blocks(&bytes);
             let packed = interleave(&bytes, rows);
             let x8: &[X8Q8_0] = as_blocks(&packed);
-            let xs: Vec<Vec<BlockQ8A>> = (0..4)
-                .map(|_| {
-                    let x: Vec<f32> = (0..32 * per_row).map(|_| rng.gen_range(-2.0..2.0)).collect();
-                    let mut a = vec![BlockQ8A::default(); per_row];
-                    quantize_q8a(&x, &mut a);
-                    a
-                })
-                .collect();
+            let xs = super::super::x8::tests::random_acts(&mut rng, 4, per_row);
             let acts: Vec<&[BlockQ8A]> = xs.iter().map(|a| a.as_slice()).collect();
             for g in 0..rows / ROWS {
                 let group = &x8[g * per_row..(g + 1) * per_row];
