@@ -78,7 +78,6 @@ pub fn dot(kind: Float, row: &[u8], acts: &[&[f32]], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::common::for_each_row;
     use super::super::x86::hsum_ps;
     use super::*;
     use std::arch::x86_64::*;
@@ -87,16 +86,52 @@ mod avx2 {
 
     /// `out[r * k + t]` for every row in `bytes` and the `k = acts.len()` (1 to 4) tokens.
     ///
+    /// Rows go in register tiles of `R` rows × `k` tokens (`R·k` accumulators), so each 8 decoded
+    /// weights meet `k` tokens and each 8 activations meet `R` rows: prefill is then bound by the
+    /// FMA units rather than by loads and conversions. Every output is one FMA chain over its
+    /// columns in order, whatever the tile, which keeps results batch invariant: a token gets the
+    /// same bits alone or among others, and row grouping does not matter either.
+    ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rows<const K: usize>(bytes: &[u8], row_bytes: usize, acts: &[&[f32]], out: &mut [f32]) {
+        // Tiles of at most 12 accumulators; a lone token takes 8 rows to hide the FMA latency.
         match acts.len() {
-            1 => for_each_row::<_, 1>(bytes, row_bytes, acts, out, |r, a| dot_tile::<K, 1>(r, a)),
-            2 => for_each_row::<_, 2>(bytes, row_bytes, acts, out, |r, a| dot_tile::<K, 2>(r, a)),
-            3 => for_each_row::<_, 3>(bytes, row_bytes, acts, out, |r, a| dot_tile::<K, 3>(r, a)),
-            4 => for_each_row::<_, 4>(bytes, row_bytes, acts, out, |r, a| dot_tile::<K, 4>(r, a)),
+            1 => tiles::<K, 8, 1>(bytes, row_bytes, acts, out),
+            2 => tiles::<K, 4, 2>(bytes, row_bytes, acts, out),
+            3 => tiles::<K, 4, 3>(bytes, row_bytes, acts, out),
+            4 => tiles::<K, 3, 4>(bytes, row_bytes, acts, out),
             n => panic!("token tile of {n}"),
+        }
+    }
+
+    /// Whole tiles of `R` rows, then the remaining rows one at a time.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn tiles<const K: usize, const R: usize, const T: usize>(
+        bytes: &[u8],
+        row_bytes: usize,
+        acts: &[&[f32]],
+        out: &mut [f32],
+    ) {
+        let acts: &[&[f32]; T] = acts.try_into().expect("token tile width");
+        let cols = row_bytes / KINDS[K].bytes();
+        for a in acts {
+            assert_eq!(a.len(), cols);
+        }
+        assert!(row_bytes > 0 && bytes.len().is_multiple_of(row_bytes));
+        let rows = bytes.len() / row_bytes;
+        assert_eq!(out.len(), rows * T);
+        let mut r = 0;
+        while r < rows {
+            let (rs, os) = (&bytes[r * row_bytes..], &mut out[r * T..]);
+            // Leftover rows in pairs: a single row's one chain per token would wait on each FMA.
+            r += match rows - r {
+                n if n >= R => tile::<K, R, T>(&rs[..R * row_bytes], cols, acts, &mut os[..R * T]),
+                n if n >= 2 => tile::<K, 2, T>(&rs[..2 * row_bytes], cols, acts, &mut os[..2 * T]),
+                _ => tile::<K, 1, T>(&rs[..row_bytes], cols, acts, &mut os[..T]),
+            };
         }
     }
 
@@ -119,40 +154,36 @@ mod avx2 {
         }
     }
 
-    /// One weight row against `T` activation rows; each 8 weights are decoded once for all `T`.
+    /// `R` consecutive rows (`cols` weights each) against `T` activation rows; returns `R`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_tile<const K: usize, const T: usize>(row: &[u8], acts: &[&[f32]; T]) -> [f32; T] {
+    fn tile<const K: usize, const R: usize, const T: usize>(
+        rows: &[u8],
+        cols: usize,
+        acts: &[&[f32]; T],
+        out: &mut [f32],
+    ) -> usize {
         let kind = KINDS[K];
-        let cols = row.len() / kind.bytes();
-        for a in acts {
-            assert_eq!(a.len(), cols);
-        }
-        // Two accumulator sets, so one token is not bound by the latency of a single FMA chain.
-        let mut acc0 = [_mm256_setzero_ps(); T];
-        let mut acc1 = [_mm256_setzero_ps(); T];
+        let rb = cols * kind.bytes();
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
         let main = cols / 8 * 8;
-        let step = |i: usize, acc: &mut [__m256; T]| {
-            let w = load8::<K>(row, i);
+        for i in (0..main).step_by(8) {
+            let w: [__m256; R] = std::array::from_fn(|r| load8::<K>(&rows[r * rb..(r + 1) * rb], i));
             for t in 0..T {
                 let x = &acts[t][i..i + 8];
                 // SAFETY: `x` is 8 f32s; unaligned load.
                 let xv = unsafe { _mm256_loadu_ps(x.as_ptr()) };
-                acc[t] = _mm256_fmadd_ps(w, xv, acc[t]);
+                for r in 0..R {
+                    acc[r][t] = _mm256_fmadd_ps(w[r], xv, acc[r][t]);
+                }
             }
-        };
-        for i in (0..main / 16 * 16).step_by(16) {
-            step(i, &mut acc0);
-            step(i + 8, &mut acc1);
         }
-        if !main.is_multiple_of(16) {
-            step(main - 8, &mut acc0);
+        for r in 0..R {
+            let row = &rows[r * rb..(r + 1) * rb];
+            for t in 0..T {
+                out[r * T + t] = hsum_ps(acc[r][t]) + (main..cols).map(|i| kind.get(row, i) * acts[t][i]).sum::<f32>();
+            }
         }
-        let acc: [__m256; T] = std::array::from_fn(|t| _mm256_add_ps(acc0[t], acc1[t]));
-        let mut out = [0f32; T];
-        for t in 0..T {
-            out[t] = hsum_ps(acc[t]) + (main..cols).map(|i| kind.get(row, i) * acts[t][i]).sum::<f32>();
-        }
-        out
+        R
     }
 }

@@ -113,7 +113,9 @@ fn run<A, D>(
     let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 4);
     let rb = ws[0].row_bytes();
     // Few tokens: one kernel call per task. Many: L1-sized row sub-blocks that all tokens visit.
-    let sub = if n <= TILE { chunk } else { (WEIGHT_BLOCK_BYTES / rb).clamp(1, chunk) };
+    // Sub-blocks are whole multiples of 12 rows, so that the float kernels' register tiles of 3
+    // or 4 rows divide them.
+    let sub = if n <= TILE { chunk } else { round_down((WEIGHT_BLOCK_BYTES / rb).max(12), 12).clamp(1, chunk) };
     let token_block = token_block(apr * std::mem::size_of::<A>());
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
@@ -197,6 +199,10 @@ fn split(
         .flat_map(|(m, u)| (0..u).step_by(chunk).map(move |u0| (m, u0, (u0 + chunk).min(u))))
         .collect();
     (chunk, tasks)
+}
+
+fn round_down(x: usize, m: usize) -> usize {
+    x / m * m
 }
 
 /// Tokens per block: as many as keep their quantized activations (`act_bytes` each) within
