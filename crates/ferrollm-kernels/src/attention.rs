@@ -21,21 +21,26 @@
 //! - the widening is exact (f16 → f32, or a copy), so the keys and values are the cached values;
 //! - each score is `dot(q, k) * scale`, bit for bit (a property of [`dot_many`]: every dot product
 //!   keeps [`dot`]'s lanes and summation order, whatever block it sits in);
-//! - a query's softmax (max, exp, sum, division, rounding) runs over its own row of scores, keys
-//!   `0..n` in order, where `n` is its own context length (token `i` of a tile sees one key more
-//!   than token `i - 1`); scores a tile computes beyond a query's `n` are never read;
+//! - a query's softmax ([`softmax`], then the rounding) runs over its own row of scores, keys
+//!   `0..n`, where `n` is its own context length (token `i` of a tile sees one key more than
+//!   token `i - 1`): its lanes and summation order depend on `n` alone, and scores a tile
+//!   computes beyond a query's `n` are never read;
 //! - its output is `0 + w_0 v_0 + w_1 v_1 + ...` over exactly its `n` keys in order, each step the
 //!   fused multiply-add of [`axpy`] (a property of [`axpy_many`], which stops each row at its own
 //!   count instead of multiplying by a zero weight, so even an infinite V row beyond a query's
 //!   context cannot reach it).
 //!
 //! With `hd % 8 == 0` this is also, bit for bit, the per-query algorithm that came before the
-//! tiles (one `dot_f16`/`axpy_f16` call per key and query; see the tests).
+//! tiles (one `dot_f16`/`axpy_f16` call per key and query) once that uses the same [`softmax`];
+//! the tests check both that and the closeness to the former softmax (libm `expf`, sequential
+//! sum).
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
 
-use crate::ops::{axpy, axpy_f16, axpy_many, dot, dot_f16, dot_many, f16_to_f32_row, f32_to_f16_row, round_to_f16};
+use crate::ops::{
+    axpy, axpy_f16, axpy_many, dot, dot_f16, dot_many, f16_to_f32_row, f32_to_f16_row, round_to_f16, softmax,
+};
 use crate::threadpool::DisjointSlice;
 use crate::ThreadPool;
 
@@ -325,18 +330,7 @@ fn attend_tile<E: KvElem>(
     // Each row's softmax over its own context, in key order.
     for (r, &n) in sc.n.iter().enumerate() {
         let w = &mut sc.s[r * n_max..r * n_max + n];
-        let mut max = f32::NEG_INFINITY;
-        for &s in w.iter() {
-            max = max.max(s);
-        }
-        let mut sum = 0f32;
-        for s in w.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for s in w.iter_mut() {
-            *s /= sum;
-        }
+        softmax(w);
         E::round_operands(w);
     }
     // Weighted values: each row takes keys 0..n in order, block by block.
@@ -399,7 +393,7 @@ mod tests {
         }
     }
 
-    /// The softmax of the per-query algorithm (and of the tiles): libm's `expf`, a sequential sum.
+    /// The softmax of the per-query algorithm: libm's `expf`, a sequential sum.
     fn legacy_softmax(x: &mut [f32]) {
         let max = x.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut sum = 0f32;
@@ -598,16 +592,21 @@ mod tests {
                         }
                         want
                     };
-                    // Where the bits may differ (f16 caches with a tail, below), a score an ulp
-                    // apart can round its f16 weight to the neighbouring half: 2^-11 relative.
-                    let tol = if f16 { 1e-4 } else { 1e-6 };
-                    let want = reference(legacy_softmax);
+                    // Against the former algorithm, softmax included: close. Where the bits
+                    // differ, a weight an ulp apart can round to the neighbouring f16: 2^-11
+                    // relative.
+                    let tol = if f16 { 1e-4 } else { 2e-6 };
+                    for (i, (a, b)) in got.iter().zip(&reference(legacy_softmax)).enumerate() {
+                        assert!((a - b).abs() <= tol, "hd={hd} f16={f16} element {i}: {a} vs {b}");
+                    }
+                    // With the same softmax, the same operations, so the same bits: always for
+                    // f32 caches; for f16 ones when `dot_f16` has no scalar tail (hd % 8 == 0; it
+                    // adds its tail to the lane sum, `dot` element by element onto it) and its
+                    // SIMD path runs.
+                    let want = reference(softmax);
                     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                         assert!((a - b).abs() <= tol, "hd={hd} f16={f16} element {i}: {a} vs {b}");
                     }
-                    // The same operations, so the same bits: always for f32 caches; for f16 ones
-                    // when `dot_f16` has no scalar tail (hd % 8 == 0; it adds its tail to the lane
-                    // sum, `dot` element by element onto it) and its SIMD path runs.
                     if !f16 || (hd % 8 == 0 && crate::quant::common::has_avx2()) {
                         assert_eq!(bits(&got), bits(&want), "hd={hd} f16={f16}: not bit-identical");
                     }

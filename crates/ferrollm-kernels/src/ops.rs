@@ -334,6 +334,72 @@ pub fn axpy_many_scalar(w: &[f32], w_stride: usize, n: &[usize], v: &[f32], dim:
     }
 }
 
+/// `1/k!` for `k = 9, 8, ..., 1`: the Taylor polynomial of `exp` on `|r| <= ln(2)/2`, in Horner
+/// order (the constant term 1 is added last). Its truncation error is below 1e-11 relative.
+const EXP_TAYLOR: [f64; 9] =
+    [1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0];
+
+/// `exp(x)`, evaluated in f64 and rounded once to f32: within 1e-11 relative of the exact value
+/// before that rounding, so as good as libm's `expf` (which differs by an ulp only where the exact
+/// value lies within 1e-11 of a rounding boundary). Scalar twin of the AVX2 `exp4` in
+/// [`softmax`]: the same operations (fused where it fuses), so the same bits for every input.
+#[inline(always)]
+fn exp_lane(x: f32) -> f32 {
+    // Clamped to where f32 results are 0 or infinite anyway (as `maxpd`/`minpd` do: NaN passes).
+    let x = x as f64;
+    let x = if -200.0 > x { -200.0 } else { x };
+    let x = if 100.0 < x { 100.0 } else { x };
+    let n = (x * std::f64::consts::LOG2_E).round_ties_even();
+    let r = (-n).mul_add(std::f64::consts::LN_2, x);
+    let mut p = EXP_TAYLOR[0];
+    for &c in &EXP_TAYLOR[1..] {
+        p = p.mul_add(r, c);
+    }
+    p = p.mul_add(r, 1.0);
+    // 2^n from its exponent bits (n is in -289..=145 here; NaN gives garbage bits times NaN).
+    let scale = f64::from_bits(((n as i64).wrapping_add(1023) as u64) << 52);
+    (p * scale) as f32
+}
+
+/// Softmax of `x` in place: `x[i] = exp(x[i] - max) / sum` (AVX2+FMA where the CPU has it, else
+/// [`softmax_scalar`]; both give the same bits).
+///
+/// The result is a function of `x` alone: the exponentials are element-wise, and the sum adds
+/// element `i` into lane `i % 8` for the whole chunks of 8, reduces the lanes in a fixed tree and
+/// adds the last `x.len() % 8` elements one by one.
+pub fn softmax(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        unsafe { x86::softmax(x) };
+        return;
+    }
+    softmax_scalar(x)
+}
+
+/// Reference for [`softmax`], operation for operation.
+pub fn softmax_scalar(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for v in x.iter_mut() {
+        *v = exp_lane(*v - max);
+    }
+    let body = x.len() / 8 * 8;
+    let mut acc = [0f32; 8];
+    for c in x[..body].chunks_exact(8) {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    let s4 = [acc[4] + acc[0], acc[5] + acc[1], acc[6] + acc[2], acc[7] + acc[3]];
+    let mut sum = (s4[0] + s4[2]) + (s4[1] + s4[3]);
+    for v in &x[body..] {
+        sum += v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -719,6 +785,97 @@ mod x86 {
             }
         }
     }
+    /// Four lanes of `super::exp_lane`, operation for operation.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn exp4(x: __m128) -> __m128 {
+        let x = _mm256_cvtps_pd(x);
+        let x = _mm256_max_pd(_mm256_set1_pd(-200.0), x);
+        let x = _mm256_min_pd(_mm256_set1_pd(100.0), x);
+        let n = _mm256_round_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_pd(
+            x,
+            _mm256_set1_pd(std::f64::consts::LOG2_E),
+        ));
+        let r = _mm256_fnmadd_pd(n, _mm256_set1_pd(std::f64::consts::LN_2), x);
+        let mut p = _mm256_set1_pd(super::EXP_TAYLOR[0]);
+        for &c in &super::EXP_TAYLOR[1..] {
+            p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(c));
+        }
+        p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
+        // n as an integer in the low bits (n + 1.5 * 2^52), plus the bias, into the exponent.
+        let k = _mm256_castpd_si256(_mm256_add_pd(n, _mm256_set1_pd(6755399441055744.0)));
+        let scale = _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_add_epi64(k, _mm256_set1_epi64x(1023))));
+        _mm256_cvtpd_ps(_mm256_mul_pd(p, scale))
+    }
+
+    /// [`exp8`] on 8 floats, for the tests.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp8_slice(x: &[f32; 8]) -> [f32; 8] {
+        let mut out = [0f32; 8];
+        // SAFETY: both arrays hold 8 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp8(_mm256_loadu_ps(x.as_ptr()))) };
+        out
+    }
+
+    /// Eight lanes of `super::exp_lane`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn exp8(x: __m256) -> __m256 {
+        let lo = exp4(_mm256_castps256_ps128(x));
+        let hi = exp4(_mm256_extractf128_ps(x, 1));
+        _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax(x: &mut [f32]) {
+        let n = x.len();
+        let body = n / 8 * 8;
+        let p = x.as_mut_ptr();
+        // SAFETY (all loads and stores): i + 8 <= body <= n, and `x` holds n floats, borrowed mutably.
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        for i in (0..body).step_by(8) {
+            vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(p.add(i)) });
+        }
+        let m4 = _mm_max_ps(_mm256_extractf128_ps(vmax, 1), _mm256_castps256_ps128(vmax));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let mut max = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+        for t in body..n {
+            // SAFETY: t < n.
+            max = max.max(unsafe { *p.add(t) });
+        }
+        let vm = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..body).step_by(8) {
+            let e = exp8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(p.add(i)) }, vm));
+            unsafe { _mm256_storeu_ps(p.add(i), e) };
+            acc = _mm256_add_ps(acc, e);
+        }
+        let s4 = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let mut sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+        for t in body..n {
+            // SAFETY: t < n.
+            unsafe {
+                let e = super::exp_lane(*p.add(t) - max);
+                *p.add(t) = e;
+                sum += e;
+            }
+        }
+        let vs = _mm256_set1_ps(sum);
+        for i in (0..body).step_by(8) {
+            unsafe { _mm256_storeu_ps(p.add(i), _mm256_div_ps(_mm256_loadu_ps(p.add(i)), vs)) };
+        }
+        for t in body..n {
+            // SAFETY: t < n.
+            unsafe { *p.add(t) /= sum };
+        }
+    }
 }
 
 #[cfg(test)]
@@ -869,6 +1026,60 @@ mod tests {
                 assert_eq!(bits(&slow), bits(&want_scalar), "axpy_many_scalar dim={dim}");
                 for (f, s) in fast.iter().zip(&slow) {
                     assert!((f - s).abs() <= 1e-5 * (nk as f32 + 1.0), "axpy_many vs scalar dim={dim}: {f} vs {s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_matches_scalar_twin_bit_for_bit_and_libm_closely() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // The exponential alone, over its whole range (flush to 0 and to infinity included), against
+        // libm's `expf` and against the exact value rounded to f32 (via f64): at most an ulp apart.
+        let ulps = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).abs();
+        let xs: Vec<f32> =
+            (0..200_000).map(|i| -110.0 + i as f32 * 0.001).chain([0.0, -0.0, 88.0, 88.5, -200.0, -1e30]).collect();
+        let (mut exact, mut chunk) = (0, [0f32; 8]);
+        for (i, &x) in xs.iter().enumerate() {
+            let got = exp_lane(x);
+            assert!(ulps(got, x.exp()) <= 1, "exp({x}) = {got}, libm {}", x.exp());
+            assert!(ulps(got, (x as f64).exp() as f32) <= 1, "exp({x}) = {got}");
+            exact += (got.to_bits() == ((x as f64).exp() as f32).to_bits()) as usize;
+            chunk[i % 8] = x;
+            if i % 8 == 7 {
+                // The SIMD lanes, bit for bit (through softmax of a one-hot row would lose them).
+                #[cfg(target_arch = "x86_64")]
+                if crate::quant::common::has_avx2() {
+                    // SAFETY: AVX2 and FMA were detected at run time; `chunk` holds 8 floats.
+                    let v = unsafe { x86::exp8_slice(&chunk) };
+                    for (l, &c) in chunk.iter().enumerate() {
+                        assert_eq!(v[l].to_bits(), exp_lane(c).to_bits(), "exp8({c})");
+                    }
+                }
+            }
+        }
+        assert!(exact * 1000 >= xs.len() * 999, "{exact} of {} correctly rounded", xs.len());
+        assert!(exp_lane(f32::NAN).is_nan() && exp_lane(f32::INFINITY) == f32::INFINITY);
+        assert_eq!(exp_lane(f32::NEG_INFINITY), 0.0);
+        for n in [0, 1, 7, 8, 9, 16, 23, 64, 65, 300] {
+            for spread in [0.5f32, 10.0, 120.0] {
+                let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-spread..spread)).collect();
+                let (mut a, mut b) = (x.clone(), x.clone());
+                softmax(&mut a);
+                softmax_scalar(&mut b);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "softmax n={n} spread={spread}");
+                // Against libm's exp and a sequential sum.
+                let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let e: Vec<f64> = x.iter().map(|&v| ((v - m) as f64).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for (got, want) in a.iter().zip(&e) {
+                    assert!(
+                        (*got as f64 - want / z).abs() <= 1e-6 * (want / z) + 1e-30,
+                        "n={n}: {got} vs {}",
+                        want / z
+                    );
                 }
             }
         }
