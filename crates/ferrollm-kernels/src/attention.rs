@@ -9,9 +9,10 @@
 //! The work is split into tiles: up to [`TILE_TOKENS`] consecutive query tokens of one sequence
 //! times the query heads of one GQA group (all of them, or a share when there are too few tiles
 //! to keep every thread busy). All queries of a tile read the same K and V rows, so the tile
-//! widens each row to f32 once ([`KvElem::widen`], [`KEY_BLOCK`] rows at a time) and runs every
-//! query against it with [`dot_many`] and [`axpy_many`], whose register blocks share each loaded
-//! chunk between several queries.
+//! runs every query over each block of [`KEY_BLOCK`] rows with [`dot_many_gathered`] and
+//! [`axpy_many_gathered`], whose register blocks share each loaded chunk between several queries.
+//! They read the rows in place from the paged cache, widening f16 in registers: a decode tile
+//! has one to a few queries, for which a separate widening pass cost as much as the arithmetic.
 //!
 //! # Batch invariance
 //!
@@ -19,14 +20,14 @@
 //! decode, prefill chunk of any length, speculative verify row. A tile only shares loads; every
 //! float operation of a query depends on that query alone:
 //! - the widening is exact (f16 → f32, or a copy), so the keys and values are the cached values;
-//! - each score is `dot(q, k) * scale`, bit for bit (a property of [`dot_many`]: every dot product
+//! - each score is `dot(q, k) * scale`, bit for bit (a property of [`dot_many_gathered`]: every dot product
 //!   keeps [`dot`]'s lanes and summation order, whatever block it sits in);
 //! - a query's softmax ([`softmax`], then the rounding) runs over its own row of scores, keys
 //!   `0..n`, where `n` is its own context length (token `i` of a tile sees one key more than
 //!   token `i - 1`): its lanes and summation order depend on `n` alone, and scores a tile
 //!   computes beyond a query's `n` are never read;
 //! - its output is `0 + w_0 v_0 + w_1 v_1 + ...` over exactly its `n` keys in order, each step the
-//!   fused multiply-add of [`axpy`] (a property of [`axpy_many`], which stops each row at its own
+//!   fused multiply-add of [`axpy`] (a property of [`axpy_many_gathered`], which stops each row at its own
 //!   count instead of multiplying by a zero weight, so even an infinite V row beyond a query's
 //!   context cannot reach it).
 //!
@@ -39,28 +40,27 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 
 use crate::ops::{
-    axpy, axpy_f16, axpy_many, dot, dot_f16, dot_many, f16_to_f32_row, f32_to_f16_row, round_to_f16, softmax,
+    axpy, axpy_f16, axpy_many_gathered, dot, dot_f16, dot_many_gathered, f32_to_f16_row, round_to_f16, softmax,
+    GatherElem, Gathered,
 };
 use crate::threadpool::DisjointSlice;
 use crate::ThreadPool;
 
 /// Most query tokens of one sequence in one tile.
 pub const TILE_TOKENS: usize = 8;
-/// K (or V) rows a tile widens to f32 at a time: 64 rows of 64 dims are 16 KiB, which stay in L1
+/// K (or V) rows a tile takes at a time: 64 rows of 64 dims are 8 KiB in f16, which stay in L1
 /// while every query of the tile goes over them.
 pub const KEY_BLOCK: usize = 64;
 
 /// Element type of a KV cache: `f32`, or f16 stored as its IEEE half bits (`u16`, llama.cpp's
 /// default KV type: half the memory and attention traffic).
-pub trait KvElem: Copy + Default + Send + Sync + 'static {
+pub trait KvElem: GatherElem + Default + Send + Sync + 'static {
     /// Writes `x` into `out` in this type.
     fn store(x: &[f32], out: &mut [Self]);
     /// `q · k`.
     fn dot(q: &[f32], k: &[Self]) -> f32;
     /// `out += a * v`.
     fn axpy(a: f32, v: &[Self], out: &mut [f32]);
-    /// Widens a cached row to f32, exactly (the tiled kernels work on f32 rows).
-    fn widen(x: &[Self], out: &mut [f32]);
     /// Rounds `x` in place to what the attention arithmetic sees for this cache type. For f16
     /// caches the query and the softmax weights are rounded to f16 as well, as in llama.cpp's
     /// f16-KV attention (ggml converts the f32 operand of an f16 matmul to f16): then our
@@ -81,10 +81,6 @@ impl KvElem for f32 {
         axpy(a, v, out)
     }
     #[inline]
-    fn widen(x: &[f32], out: &mut [f32]) {
-        out.copy_from_slice(x)
-    }
-    #[inline]
     fn round_operands(_: &mut [f32]) {}
 }
 
@@ -99,10 +95,6 @@ impl KvElem for u16 {
     #[inline]
     fn axpy(a: f32, v: &[u16], out: &mut [f32]) {
         axpy_f16(a, v, out)
-    }
-    #[inline]
-    fn widen(x: &[u16], out: &mut [f32]) {
-        f16_to_f32_row(x, out)
     }
     #[inline]
     fn round_operands(x: &mut [f32]) {
@@ -189,9 +181,11 @@ struct Tile {
 
 /// Cuts the batch into tiles, most expensive first.
 ///
-/// Tiles hold up to [`TILE_TOKENS`] tokens and a whole GQA group. When that gives fewer than two
-/// tiles per thread (decodes of a few sequences), each group is cut into `parts` shares of heads
-/// so that every thread has work; a share still widens each row once for its heads. The pool
+/// Tiles hold up to [`TILE_TOKENS`] tokens and a whole GQA group. When that gives fewer tiles
+/// than threads (a decode with few KV heads), each group is cut into `parts` shares of heads so
+/// that every thread has work. Only then: every share reads all of the group's K and V rows, and
+/// at batch 1 that memory traffic costs more than an uneven split (3 KV heads on 2 threads: 95
+/// vs 87 tok/s for SmolLM2 at 512 tokens of context). The pool
 /// hands tasks out in order from a shared counter, so sorting by cost (longest first) balances
 /// the causal triangle: the last tiles of a long prefill read the most keys.
 fn plan_tiles(seqs: &[AttentionSeq], n_kv_heads: usize, group: usize, n_threads: usize) -> Vec<Tile> {
@@ -203,7 +197,7 @@ fn plan_tiles(seqs: &[AttentionSeq], n_kv_heads: usize, group: usize, n_threads:
         })
         .collect();
     let n = token_tiles.len() * n_kv_heads;
-    let parts = if n_threads > 1 && n > 0 && n < 2 * n_threads { (2 * n_threads).div_ceil(n).min(group) } else { 1 };
+    let parts = if n > 0 && n < n_threads { n_threads.div_ceil(n).min(group) } else { 1 };
     let mut tiles = Vec::with_capacity(n * parts);
     for &(seq, t0, nt) in &token_tiles {
         for kvh in 0..n_kv_heads {
@@ -236,8 +230,8 @@ struct Scratch {
     counts: Vec<usize>,
     /// Scores, then softmax weights, `[rows, n_max]`.
     s: Vec<f32>,
-    /// A block of K or V rows widened to f32, `[KEY_BLOCK, hd]`.
-    kv: Vec<f32>,
+    /// Offset in the caches of each key's row for the tile's KV head.
+    offs: Vec<usize>,
     /// The tile's outputs, `[rows, hd]`.
     o: Vec<f32>,
 }
@@ -310,22 +304,19 @@ fn attend_tile<E: KvElem>(
     sc.n.extend((0..rows).map(|r| n0 + r / nh));
     sc.s.clear();
     sc.s.resize(rows * n_max, 0.0);
-    sc.kv.resize(KEY_BLOCK * hd, 0.0);
-
-    // Widens rows b0..b1 of this KV head of `cache` into `dst`.
-    let widen = |cache: &[E], b0: usize, b1: usize, dst: &mut [f32]| {
-        for (p, d) in (b0..b1).zip(dst.chunks_exact_mut(hd)) {
-            let slot = seq.block_table[p / bs] as usize * bs + p % bs;
-            E::widen(&cache[slot * kv_dim + tile.kvh * hd..][..hd], d);
-        }
-    };
+    // Where each of keys 0..n_max of this KV head sits in the caches.
+    let mut offs = std::mem::take(&mut sc.offs);
+    offs.clear();
+    offs.extend((0..n_max).map(|p| {
+        let slot = seq.block_table[p / bs] as usize * bs + p % bs;
+        slot * kv_dim + tile.kvh * hd
+    }));
+    let rows_of = |cache, b0: usize, b1: usize| Gathered { base: cache, offs: &offs[b0..b1], dim: hd };
 
     // Scores: every row against keys 0..n_max (a row's entries past its own context are unused).
     for b0 in (0..n_max).step_by(KEY_BLOCK) {
         let b1 = (b0 + KEY_BLOCK).min(n_max);
-        let k = &mut sc.kv[..(b1 - b0) * hd];
-        widen(kc, b0, b1, k);
-        dot_many(&sc.q, k, hd, scale, &mut sc.s[b0..], n_max);
+        dot_many_gathered(&sc.q, rows_of(kc, b0, b1), scale, &mut sc.s[b0..], n_max);
     }
     // Each row's softmax over its own context, in key order.
     for (r, &n) in sc.n.iter().enumerate() {
@@ -338,12 +329,11 @@ fn attend_tile<E: KvElem>(
     sc.o.resize(rows * hd, 0.0);
     for b0 in (0..n_max).step_by(KEY_BLOCK) {
         let b1 = (b0 + KEY_BLOCK).min(n_max);
-        let v = &mut sc.kv[..(b1 - b0) * hd];
-        widen(vc, b0, b1, v);
         sc.counts.clear();
         sc.counts.extend(sc.n.iter().map(|&n| n.saturating_sub(b0).min(b1 - b0)));
-        axpy_many(&sc.s[b0..], n_max, &sc.counts, v, hd, &mut sc.o);
+        axpy_many_gathered(&sc.s[b0..], n_max, &sc.counts, rows_of(vc, b0, b1), &mut sc.o);
     }
+    sc.offs = offs;
     for i in 0..nt {
         let t = seq.query_start + tile.t0 + i;
         // SAFETY: the tiles partition the (token, head) pairs of the batch (each query token is in
@@ -702,8 +692,9 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         for (shapes, threads, min_tiles) in [
-            (vec![(1, 100)], 2, 4),
+            (vec![(1, 100)], 2, 3),
             (vec![(1, 100)], 1, 3),
+            (vec![(1, 100)], 4, 4),
             (vec![(512, 512)], 2, 192),
             (vec![(1, 10), (17, 40), (3, 3)], 2, 15),
         ] {
