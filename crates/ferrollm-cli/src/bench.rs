@@ -184,6 +184,43 @@ fn run_batch(engine: &Engine, prompts: &[Vec<u32>], max_tokens: usize, tag: &str
     Ok((t0.elapsed().as_secs_f64(), generated))
 }
 
+/// Seconds until every request of a batch had its first token, seconds until all finished, and
+/// the tokens generated.
+struct BatchTimes {
+    first_tokens: f64,
+    total: f64,
+    generated: usize,
+}
+
+/// Runs the prompts as one batch, streaming, to time prefill and decode within one run.
+fn timed_batch(engine: &Engine, prompts: &[Vec<u32>], max_tokens: usize, tag: &str) -> Result<BatchTimes> {
+    let t0 = Instant::now();
+    let mut streams = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| engine.add_request(format!("{tag}-{i}"), PromptInput::Tokens(p.clone()), params(max_tokens)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut generated = 0;
+    let count = |d: &ferrollm_engine::RequestOutput| d.outputs.iter().map(|c| c.token_ids.len()).sum::<usize>();
+    for s in &mut streams {
+        // The stream may open with deltas that carry no token yet.
+        while let Some(d) = s.blocking_next() {
+            let n = count(&d);
+            generated += n;
+            if n > 0 {
+                break;
+            }
+        }
+    }
+    let first_tokens = t0.elapsed().as_secs_f64();
+    for s in &mut streams {
+        while let Some(d) = s.blocking_next() {
+            generated += count(&d);
+        }
+    }
+    Ok(BatchTimes { first_tokens, total: t0.elapsed().as_secs_f64(), generated })
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -238,18 +275,17 @@ fn latency(a: LatencyArgs) -> Result<()> {
     };
     let (mut prefill, mut decode, mut total) = (Vec::new(), Vec::new(), Vec::new());
     for it in 0..a.num_iters_warmup + a.num_iters {
-        // Prefill alone (one output token), then the whole request, on fresh prompts each time.
-        let p1 = make(&mut rng);
-        let (t_prefill, _) = run_batch(&engine, &p1, 1, &format!("lat-p{it}"))?;
-        let p2 = make(&mut rng);
-        let (t_all, generated) = run_batch(&engine, &p2, a.output_len, &format!("lat-a{it}"))?;
+        // Fresh prompts each time; prefill ends when every request has its first token, and
+        // decode is the rest of the same run.
+        let prompts = make(&mut rng);
+        let t = timed_batch(&engine, &prompts, a.output_len, &format!("lat-{it}"))?;
         if it < a.num_iters_warmup {
             continue;
         }
-        prefill.push((a.batch_size * input_len) as f64 / t_prefill);
-        let decode_tokens = generated.saturating_sub(a.batch_size) as f64;
-        decode.push(decode_tokens / (t_all - t_prefill).max(1e-9));
-        total.push(t_all);
+        prefill.push((a.batch_size * input_len) as f64 / t.first_tokens);
+        let decode_tokens = t.generated.saturating_sub(a.batch_size) as f64;
+        decode.push(decode_tokens / (t.total - t.first_tokens).max(1e-9));
+        total.push(t.total);
     }
     let (p, d, t) = (median(&mut prefill), median(&mut decode), median(&mut total));
     println!("model: {} ({} threads)", info.model_description, ferrollm_kernels_threads());
