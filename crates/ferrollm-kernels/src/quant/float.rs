@@ -96,9 +96,9 @@ mod avx2 {
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rows<const K: usize>(bytes: &[u8], row_bytes: usize, acts: &[&[f32]], out: &mut [f32]) {
-        // Tiles of at most 12 accumulators; a lone token takes 8 rows to hide the FMA latency.
+        // Tiles of at most 12 accumulators; a lone token takes 4 rows to hide the FMA latency.
         match acts.len() {
-            1 => tiles::<K, 8, 1>(bytes, row_bytes, acts, out),
+            1 => tiles::<K, 4, 1>(bytes, row_bytes, acts, out),
             2 => tiles::<K, 4, 2>(bytes, row_bytes, acts, out),
             3 => tiles::<K, 4, 3>(bytes, row_bytes, acts, out),
             4 => tiles::<K, 3, 4>(bytes, row_bytes, acts, out),
@@ -168,6 +168,15 @@ mod avx2 {
         let mut acc = [[_mm256_setzero_ps(); T]; R];
         let main = cols / 8 * 8;
         for i in (0..main).step_by(8) {
+            if T == 1 && (i * kind.bytes()).is_multiple_of(64) {
+                // A lone token streams R rows at once, more streams than the hardware prefetcher
+                // follows well with both threads reading: fetch the next tile's line ahead.
+                for r in 0..R {
+                    let ahead = rows.as_ptr().wrapping_add((R + r) * rb + i * kind.bytes());
+                    // A prefetch is only a hint: it never faults, whatever the address.
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                }
+            }
             let w: [__m256; R] = std::array::from_fn(|r| load8::<K>(&rows[r * rb..(r + 1) * rb], i));
             for t in 0..T {
                 let x = &acts[t][i..i + 8];

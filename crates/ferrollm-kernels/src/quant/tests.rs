@@ -394,3 +394,37 @@ fn interleaved_matmul_matches_rows_and_is_batch_invariant() {
     matmul_many(&two, &ws.iter().collect::<Vec<_>>(), &x, 5, &mut outs);
     assert_eq!(got, want);
 }
+
+/// The float kernels' register tiles (rows × tokens) change which outputs share loads, never an
+/// output's arithmetic: any split of the batch, any thread count and any row count (tiles plus
+/// leftover rows) give the same bits per token, close to the scalar reference.
+#[test]
+fn float_matmul_is_batch_invariant() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (one, two) = (ThreadPool::new(1), ThreadPool::new(2));
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for (rows, cols) in [(1, 8), (7, 13), (29, 64), (50, 200)] {
+            let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
+            let w = QMatrix::new(dtype, rows, cols, crate::Bytes::from_vec(bytes)).unwrap();
+            let n = 37;
+            let x = gauss(&mut rng, n * cols, 1.0);
+            let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+            w.matmul(&one, &x, n, &mut a);
+            w.matmul(&two, &x, n, &mut b);
+            assert_eq!(a, b, "{} {rows}x{cols}: thread count changed the result", dtype.name());
+            let mut split = vec![0f32; n * rows];
+            let mut t = 0;
+            for k in [1usize, 4, 3, 5, 2, 22] {
+                w.matmul(&two, &x[t * cols..(t + k) * cols], k, &mut split[t * rows..(t + k) * rows]);
+                t += k;
+            }
+            assert_eq!(split, a, "{} {rows}x{cols}: batch split changed the result", dtype.name());
+            let wf = w.to_f32();
+            for (i, got) in a.iter().enumerate() {
+                let (tok, r) = (i / rows, i % rows);
+                let want: f32 = (0..cols).map(|c| wf[r * cols + c] * x[tok * cols + c]).sum();
+                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{}: {got} vs {want}", dtype.name());
+            }
+        }
+    }
+}
