@@ -5,6 +5,7 @@
 
 use crate::attention::{self, AttentionSeq, KvMut, PagedKv};
 use crate::ops::{self, RopeStyle, RopeTable};
+use crate::threadpool::DisjointSlice;
 use crate::{QMatrix, ThreadPool};
 
 pub trait Backend: Send + Sync {
@@ -47,7 +48,27 @@ impl CpuBackend {
     pub fn pool(&self) -> &ThreadPool {
         self.pool
     }
+
+    /// Runs `f(r0, r1)` over ranges covering rows `0..rows` (`row_len` floats each): on the
+    /// pool when there is enough work to pay for waking it (prefill), else inline (decode). The
+    /// element-wise kernels give each element the same operations in any range, so the split
+    /// cannot change a result.
+    fn par_rows(&self, rows: usize, row_len: usize, f: impl Fn(usize, usize) + Sync) {
+        let threads = self.pool.num_threads();
+        if threads == 1 || rows < 2 || rows * row_len < PAR_MIN_ELEMS {
+            f(0, rows);
+            return;
+        }
+        let per_task = rows.div_ceil(threads * 2);
+        self.pool.run(rows.div_ceil(per_task), |i| f(i * per_task, ((i + 1) * per_task).min(rows)));
+    }
 }
+
+/// Fewest floats an element-wise kernel splits across threads: below this (a decode step) the
+/// fork and join cost more than the work.
+const PAR_MIN_ELEMS: usize = 1 << 15;
+/// Unit of the split for kernels on flat arrays: whole AVX2 vectors.
+const ELEMS_PER_ROW: usize = 1024;
 
 impl Default for CpuBackend {
     fn default() -> Self {
@@ -63,16 +84,41 @@ impl Backend for CpuBackend {
         crate::quant::matmul_many(self.pool, ws, x, n, outs)
     }
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-        ops::rms_norm(x, weight, eps, out)
+        let dim = weight.len();
+        assert_eq!(x.len(), out.len(), "rms_norm lengths");
+        let shared = DisjointSlice::new(out);
+        self.par_rows(x.len() / dim.max(1), dim, |r0, r1| {
+            // SAFETY: the ranges of rows given to the tasks are disjoint.
+            let out = unsafe { shared.part(r0 * dim, (r1 - r0) * dim) };
+            ops::rms_norm(&x[r0 * dim..r1 * dim], weight, eps, out)
+        });
     }
     fn rope(&self, table: &RopeTable, x: &mut [f32], positions: &[u32], n_heads: usize, style: RopeStyle) {
-        table.apply(x, positions, n_heads, style)
+        let width = x.len() / positions.len().max(1);
+        let shared = DisjointSlice::new(x);
+        self.par_rows(positions.len(), width, |t0, t1| {
+            // SAFETY: the ranges of tokens given to the tasks are disjoint.
+            let x = unsafe { shared.part(t0 * width, (t1 - t0) * width) };
+            table.apply(x, &positions[t0..t1], n_heads, style)
+        });
     }
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
-        ops::silu_mul(gate, up)
+        assert_eq!(gate.len(), up.len(), "silu_mul lengths");
+        let shared = DisjointSlice::new(gate);
+        self.par_rows(up.len().div_ceil(ELEMS_PER_ROW), ELEMS_PER_ROW, |r0, r1| {
+            let (i0, i1) = (r0 * ELEMS_PER_ROW, (r1 * ELEMS_PER_ROW).min(up.len()));
+            // SAFETY: the element ranges given to the tasks are disjoint.
+            ops::silu_mul(unsafe { shared.part(i0, i1 - i0) }, &up[i0..i1])
+        });
     }
     fn add_inplace(&self, x: &mut [f32], y: &[f32]) {
-        ops::add_inplace(x, y)
+        assert_eq!(x.len(), y.len(), "add_inplace lengths");
+        let shared = DisjointSlice::new(x);
+        self.par_rows(y.len().div_ceil(ELEMS_PER_ROW), ELEMS_PER_ROW, |r0, r1| {
+            let (i0, i1) = (r0 * ELEMS_PER_ROW, (r1 * ELEMS_PER_ROW).min(y.len()));
+            // SAFETY: the element ranges given to the tasks are disjoint.
+            ops::add_inplace(unsafe { shared.part(i0, i1 - i0) }, &y[i0..i1])
+        });
     }
     fn write_kv(&self, cache: KvMut, k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize) {
         attention::write_kv(cache, k, v, slots, kv_dim)

@@ -79,10 +79,23 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `gate = silu(gate) * up`, the SwiGLU activation.
+/// `gate = silu(gate) * up`, the SwiGLU activation: AVX2 where the CPU has it, else
+/// [`silu_mul_scalar`]; both give the same bits (the exponential is [`softmax`]'s).
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time; lengths are equal (asserted above).
+        unsafe { x86::silu_mul(gate, up) };
+        return;
+    }
+    silu_mul_scalar(gate, up)
+}
+
+/// Reference for [`silu_mul`], operation for operation.
+pub fn silu_mul_scalar(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+        *g = *g / (1.0 + exp_lane(-*g)) * u;
     }
 }
 
@@ -1013,6 +1026,26 @@ mod x86 {
         out
     }
 
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and `gate.len() == up.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        let n = gate.len();
+        let body = n / 8 * 8;
+        let (pg, pu) = (gate.as_mut_ptr(), up.as_ptr());
+        let one = _mm256_set1_ps(1.0);
+        for i in (0..body).step_by(8) {
+            // SAFETY: i + 8 <= body <= n, and both slices hold n floats; `gate` is borrowed mutably.
+            unsafe {
+                let g = _mm256_loadu_ps(pg.add(i));
+                let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+                let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
+                _mm256_storeu_ps(pg.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(pu.add(i))));
+            }
+        }
+        super::silu_mul_scalar(&mut gate[body..], &up[body..]);
+    }
+
     /// Eight lanes of `super::exp_lane`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -1202,6 +1235,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn silu_mul_matches_scalar_twin_and_libm() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+        for n in [0, 1, 7, 8, 9, 100, 1000] {
+            let g: Vec<f32> = (0..n).map(|_| rng.gen_range(-30.0..30.0)).collect();
+            let u: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let (mut a, mut b) = (g.clone(), g.clone());
+            silu_mul(&mut a, &u);
+            silu_mul_scalar(&mut b, &u);
+            assert_eq!(
+                a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            for ((&x, &y), &got) in g.iter().zip(&u).zip(&a) {
+                let want = x / (1.0 + (-x).exp()) * y;
+                assert!((got - want).abs() <= 1e-6 * want.abs() + 1e-30, "silu({x}) * {y}: {got} vs {want}");
+            }
+        }
+        // Saturation: silu(-inf) * u = -0 or NaN as for libm; large negatives go to zero.
+        let (mut g, u) = (vec![-200.0f32, 200.0, 0.0], vec![1.0f32; 3]);
+        silu_mul(&mut g, &u);
+        assert_eq!(g, [-0.0, 200.0, 0.0]);
     }
 
     /// Rows gathered in place from a scattered cache, f32 or f16, give the very bits of the dense
