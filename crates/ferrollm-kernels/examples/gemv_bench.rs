@@ -271,7 +271,7 @@ fn main() {
     }
 
     if section("prefill") {
-        println!("\nPrefill matmul, 2 threads; GFLOP/s (2·rows·cols·n per call), median");
+        println!("\nPrefill matmul, 1 and 2 threads; GFLOP/s (2·rows·cols·n per call), median");
         let shapes = [("smol 576->1536", 576, 1536), ("smol 1536->576", 1536, 576), ("qwen 896->4864", 896, 4864)];
         for &dtype in &dtypes {
             for (label, cols, rows) in shapes {
@@ -279,14 +279,16 @@ fn main() {
                     continue;
                 }
                 let w = random_matrix(&mut rng, dtype, rows, cols);
-                print!("{:<5} {:<15}", dtype.name(), label);
-                for n in [16usize, 64, 512] {
-                    let x: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
-                    let mut out = vec![0f32; n * rows];
-                    let t = median_time(Duration::from_millis(300), 5, |_| w.matmul(&pools[1], &x, n, &mut out));
-                    print!("  n={n:<3} {:>6.1}", 2.0 * (rows * cols * n) as f64 / t / 1e9);
+                for pool in &pools {
+                    print!("{:<5} {:<15} x{}", dtype.name(), label, pool.num_threads());
+                    for n in [16usize, 64, 512] {
+                        let x: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
+                        let mut out = vec![0f32; n * rows];
+                        let t = median_time(Duration::from_millis(300), 5, |_| w.matmul(pool, &x, n, &mut out));
+                        print!("  n={n:<3} {:>6.1}", 2.0 * (rows * cols * n) as f64 / t / 1e9);
+                    }
+                    println!();
                 }
-                println!();
             }
         }
     }
