@@ -5,7 +5,8 @@
 //! Each matrix is replicated until the copies exceed the L3 cache and the calls cycle through
 //! them, so decode numbers are for weights streamed from DRAM, as in a real decode step. Times
 //! are medians over many calls, except the `hot` section, which reports the fastest call as a
-//! measure of kernel speed that holds up on a busy machine. Arguments pick sections (`pool`,
+//! measure of kernel speed that holds up on a busy machine; `tile` times one float kernel call
+//! with everything in L1. Arguments pick sections (`pool`, `tile`,
 //! `membw`, `hot`, `gemv`, `prefill`, `model`) and dtypes (`Q8_0`, `Q4_K`, ...); none means all.
 
 use std::time::{Duration, Instant};
@@ -141,7 +142,7 @@ fn median_time(budget: Duration, min_reps: usize, mut f: impl FnMut(usize)) -> f
     times[times.len() / 2]
 }
 
-const SECTIONS: [&str; 6] = ["pool", "membw", "hot", "gemv", "prefill", "model"];
+const SECTIONS: [&str; 7] = ["pool", "membw", "hot", "tile", "gemv", "prefill", "model"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -266,6 +267,30 @@ fn main() {
                     print!(" {:>9.1} ({:>5.0}us)", bytes as f64 / t / 1e9, t * 1e6);
                 }
                 println!();
+            }
+        }
+    }
+
+    if section("tile") {
+        // The float kernel alone, everything in L1: one call of 12 rows x 4 tokens, repeated.
+        println!("\nFloat kernel, 1 thread, 12 rows x 4 tokens in L1; fastest of many calls");
+        for kind in [quant::float::Float::F32, quant::float::Float::F16] {
+            for cols in [576usize, 1536] {
+                let rb = cols * kind.bytes();
+                let bytes: Vec<u8> = (0..12 * cols)
+                    .flat_map(|_| {
+                        let v = rng.f32() - 0.5;
+                        match kind {
+                            quant::float::Float::F32 => v.to_le_bytes().to_vec(),
+                            _ => half::f16::from_f32(v).to_bits().to_le_bytes().to_vec(),
+                        }
+                    })
+                    .collect();
+                let xs: Vec<Vec<f32>> = (0..4).map(|_| (0..cols).map(|_| rng.f32()).collect()).collect();
+                let acts: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
+                let mut out = vec![0f32; 48];
+                let t = min_time(2000, || quant::float::dot_rows(kind, &bytes, rb, &acts, &mut out));
+                println!("{kind:?} cols {cols}: {:.1} GFLOP/s", 2.0 * (12 * 4 * cols) as f64 / t / 1e9);
             }
         }
     }
