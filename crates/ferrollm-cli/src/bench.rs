@@ -184,41 +184,47 @@ fn run_batch(engine: &Engine, prompts: &[Vec<u32>], max_tokens: usize, tag: &str
     Ok((t0.elapsed().as_secs_f64(), generated))
 }
 
-/// Seconds until every request of a batch had its first token, seconds until all finished, and
-/// the tokens generated.
+/// Seconds until every request of a batch had its first token, then the decode that followed:
+/// its seconds and the tokens generated in it.
 struct BatchTimes {
     first_tokens: f64,
+    decode_secs: f64,
+    decode_tokens: usize,
     total: f64,
-    generated: usize,
 }
 
-/// Runs the prompts as one batch, streaming, to time prefill and decode within one run.
+/// Runs the prompts as one batch, streaming, to time prefill and decode within one run. Each
+/// stream is drained on its own thread, which stamps every delta as it arrives: with chunked
+/// prefill the first requests decode while later ones still prefill, and only the tokens after
+/// the last first token count as decode (as in `llama-batched-bench`).
 fn timed_batch(engine: &Engine, prompts: &[Vec<u32>], max_tokens: usize, tag: &str) -> Result<BatchTimes> {
     let t0 = Instant::now();
-    let mut streams = prompts
+    let streams = prompts
         .iter()
         .enumerate()
         .map(|(i, p)| engine.add_request(format!("{tag}-{i}"), PromptInput::Tokens(p.clone()), params(max_tokens)))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut generated = 0;
-    let count = |d: &ferrollm_engine::RequestOutput| d.outputs.iter().map(|c| c.token_ids.len()).sum::<usize>();
-    for s in &mut streams {
-        // The stream may open with deltas that carry no token yet.
-        while let Some(d) = s.blocking_next() {
-            let n = count(&d);
-            generated += n;
-            if n > 0 {
-                break;
-            }
-        }
-    }
-    let first_tokens = t0.elapsed().as_secs_f64();
-    for s in &mut streams {
-        while let Some(d) = s.blocking_next() {
-            generated += count(&d);
-        }
-    }
-    Ok(BatchTimes { first_tokens, total: t0.elapsed().as_secs_f64(), generated })
+    let stamps: Vec<Vec<(f64, usize)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = streams
+            .into_iter()
+            .map(|mut s| {
+                scope.spawn(move || {
+                    let mut v = Vec::new();
+                    while let Some(d) = s.blocking_next() {
+                        let n: usize = d.outputs.iter().map(|c| c.token_ids.len()).sum();
+                        v.push((t0.elapsed().as_secs_f64(), n));
+                    }
+                    v
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("stream reader")).collect()
+    });
+    let first = |v: &[(f64, usize)]| v.iter().find(|d| d.1 > 0).map_or(0.0, |d| d.0);
+    let first_tokens = stamps.iter().map(|v| first(v)).fold(0.0, f64::max);
+    let total = stamps.iter().flatten().map(|d| d.0).fold(first_tokens, f64::max);
+    let decode_tokens = stamps.iter().flatten().filter(|d| d.0 > first_tokens).map(|d| d.1).sum();
+    Ok(BatchTimes { first_tokens, decode_secs: total - first_tokens, decode_tokens, total })
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -283,8 +289,7 @@ fn latency(a: LatencyArgs) -> Result<()> {
             continue;
         }
         prefill.push((a.batch_size * input_len) as f64 / t.first_tokens);
-        let decode_tokens = t.generated.saturating_sub(a.batch_size) as f64;
-        decode.push(decode_tokens / (t.total - t.first_tokens).max(1e-9));
+        decode.push(t.decode_tokens as f64 / t.decode_secs.max(1e-9));
         total.push(t.total);
     }
     let (p, d, t) = (median(&mut prefill), median(&mut decode), median(&mut total));
