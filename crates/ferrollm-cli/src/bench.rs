@@ -220,11 +220,16 @@ fn timed_batch(engine: &Engine, prompts: &[Vec<u32>], max_tokens: usize, tag: &s
             .collect();
         handles.into_iter().map(|h| h.join().expect("stream reader")).collect()
     });
+    Ok(batch_times(&stamps))
+}
+
+/// [`BatchTimes`] from each stream's deltas as (seconds since the batch started, tokens).
+fn batch_times(stamps: &[Vec<(f64, usize)>]) -> BatchTimes {
     let first = |v: &[(f64, usize)]| v.iter().find(|d| d.1 > 0).map_or(0.0, |d| d.0);
     let first_tokens = stamps.iter().map(|v| first(v)).fold(0.0, f64::max);
     let total = stamps.iter().flatten().map(|d| d.0).fold(first_tokens, f64::max);
     let decode_tokens = stamps.iter().flatten().filter(|d| d.0 > first_tokens).map(|d| d.1).sum();
-    Ok(BatchTimes { first_tokens, decode_secs: total - first_tokens, decode_tokens, total })
+    BatchTimes { first_tokens, decode_secs: total - first_tokens, decode_tokens, total }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -357,4 +362,24 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
             "elapsed_s": secs,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokens an early request decodes while a later one still prefills are not decode time;
+    /// empty deltas (a stream's opening) do not make a first token.
+    #[test]
+    fn decode_counts_only_tokens_after_the_last_first_token() {
+        let stamps =
+            vec![vec![(0.0, 0), (1.0, 1), (1.5, 1), (2.0, 1), (3.0, 1)], vec![(0.0, 0), (2.0, 1), (3.0, 2), (4.0, 1)]];
+        let t = batch_times(&stamps);
+        assert_eq!((t.first_tokens, t.total, t.decode_secs), (2.0, 4.0, 2.0));
+        assert_eq!(t.decode_tokens, 4, "3.0: 1 + 2, 4.0: 1");
+        // One request: everything after its first token.
+        let t = batch_times(&[vec![(0.5, 1), (0.6, 1), (0.7, 1)]]);
+        assert_eq!((t.first_tokens, t.decode_tokens), (0.5, 2));
+        assert!((t.decode_secs - 0.2).abs() < 1e-12);
+    }
 }
