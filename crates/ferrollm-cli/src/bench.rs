@@ -168,14 +168,23 @@ fn params(max_tokens: usize) -> SamplingParams {
     SamplingParams { temperature: 0.0, ignore_eos: true, max_tokens: Some(max_tokens), ..Default::default() }
 }
 
+/// Adds one greedy request per prompt, `max_tokens` long, ids `{tag}-{i}`.
+fn submit(
+    engine: &Engine,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    tag: &str,
+) -> Result<Vec<ferrollm_engine::RequestStream>> {
+    let add = |(i, p): (usize, &Vec<u32>)| {
+        engine.add_request(format!("{tag}-{i}"), PromptInput::Tokens(p.clone()), params(max_tokens))
+    };
+    Ok(prompts.iter().enumerate().map(add).collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Runs the prompts as one batch; returns wall seconds and generated tokens.
 fn run_batch(engine: &Engine, prompts: &[Vec<u32>], max_tokens: usize, tag: &str) -> Result<(f64, usize)> {
     let t0 = Instant::now();
-    let streams = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| engine.add_request(format!("{tag}-{i}"), PromptInput::Tokens(p.clone()), params(max_tokens)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let streams = submit(engine, prompts, max_tokens, tag)?;
     let mut generated = 0;
     for s in streams {
         let out = s.blocking_collect();
@@ -199,11 +208,7 @@ struct BatchTimes {
 /// the last first token count as decode (as in `llama-batched-bench`).
 fn timed_batch(engine: &Engine, prompts: &[Vec<u32>], max_tokens: usize, tag: &str) -> Result<BatchTimes> {
     let t0 = Instant::now();
-    let streams = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| engine.add_request(format!("{tag}-{i}"), PromptInput::Tokens(p.clone()), params(max_tokens)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let streams = submit(engine, prompts, max_tokens, tag)?;
     let stamps: Vec<Vec<(f64, usize)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = streams
             .into_iter()
