@@ -62,6 +62,13 @@ impl CpuBackend {
         let per_task = rows.div_ceil(threads * 2);
         self.pool.run(rows.div_ceil(per_task), |i| f(i * per_task, ((i + 1) * per_task).min(rows)));
     }
+
+    /// [`Self::par_rows`] over the elements `0..len` of flat arrays, in runs of whole vectors.
+    fn par_elems(&self, len: usize, f: impl Fn(usize, usize) + Sync) {
+        self.par_rows(len.div_ceil(ELEMS_PER_ROW), ELEMS_PER_ROW, |r0, r1| {
+            f(r0 * ELEMS_PER_ROW, (r1 * ELEMS_PER_ROW).min(len))
+        });
+    }
 }
 
 /// Fewest floats an element-wise kernel splits across threads: below this (a decode step) the
@@ -105,8 +112,7 @@ impl Backend for CpuBackend {
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
         assert_eq!(gate.len(), up.len(), "silu_mul lengths");
         let shared = DisjointSlice::new(gate);
-        self.par_rows(up.len().div_ceil(ELEMS_PER_ROW), ELEMS_PER_ROW, |r0, r1| {
-            let (i0, i1) = (r0 * ELEMS_PER_ROW, (r1 * ELEMS_PER_ROW).min(up.len()));
+        self.par_elems(up.len(), |i0, i1| {
             // SAFETY: the element ranges given to the tasks are disjoint.
             ops::silu_mul(unsafe { shared.part(i0, i1 - i0) }, &up[i0..i1])
         });
@@ -114,8 +120,7 @@ impl Backend for CpuBackend {
     fn add_inplace(&self, x: &mut [f32], y: &[f32]) {
         assert_eq!(x.len(), y.len(), "add_inplace lengths");
         let shared = DisjointSlice::new(x);
-        self.par_rows(y.len().div_ceil(ELEMS_PER_ROW), ELEMS_PER_ROW, |r0, r1| {
-            let (i0, i1) = (r0 * ELEMS_PER_ROW, (r1 * ELEMS_PER_ROW).min(y.len()));
+        self.par_elems(y.len(), |i0, i1| {
             // SAFETY: the element ranges given to the tasks are disjoint.
             ops::add_inplace(unsafe { shared.part(i0, i1 - i0) }, &y[i0..i1])
         });
@@ -133,5 +138,47 @@ impl Backend for CpuBackend {
         out: &mut [f32],
     ) {
         attention::paged_attention(self.pool, q, kv, seqs, n_heads, scale, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Prefill-sized element-wise ops go through the pool in pieces; every element must come out
+    /// as the single-threaded kernel makes it (odd sizes, so the last piece is partial).
+    #[test]
+    fn element_wise_ops_split_across_threads_equal_inline() {
+        let be = CpuBackend { pool: Box::leak(Box::new(ThreadPool::new(2))) };
+        let (tokens, heads, hd) = (301, 3, 64);
+        let n = tokens * heads * hd;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+        let y: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 997) as f32 / 300.0 - 1.5).collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+
+        let (mut a, mut b) = (x.clone(), x.clone());
+        be.silu_mul(&mut a, &y);
+        ops::silu_mul(&mut b, &y);
+        assert_eq!(bits(&a), bits(&b), "silu_mul");
+
+        let (mut a, mut b) = (x.clone(), x.clone());
+        be.add_inplace(&mut a, &y);
+        ops::add_inplace(&mut b, &y);
+        assert_eq!(bits(&a), bits(&b), "add_inplace");
+
+        let w: Vec<f32> = (0..heads * hd).map(|i| 0.5 + i as f32 / 400.0).collect();
+        let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+        be.rms_norm(&x, &w, 1e-5, &mut a);
+        ops::rms_norm(&x, &w, 1e-5, &mut b);
+        assert_eq!(bits(&a), bits(&b), "rms_norm");
+
+        let table = RopeTable::new(hd, 512, 10000.0);
+        let positions: Vec<u32> = (0..tokens as u32).map(|p| (p * 3) % 512).collect();
+        for style in [RopeStyle::Interleaved, RopeStyle::NeoX] {
+            let (mut a, mut b) = (x.clone(), x.clone());
+            be.rope(&table, &mut a, &positions, heads, style);
+            table.apply(&mut b, &positions, heads, style);
+            assert_eq!(bits(&a), bits(&b), "rope");
+        }
     }
 }
