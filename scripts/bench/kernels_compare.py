@@ -27,7 +27,10 @@ It first compiles and runs scripts/bench/bandwidth.c (streaming read bandwidth w
 --threads threads) and reports, for batch-1 decode, the effective bandwidth (bytes of weights
 read per decoded token x tok/s) and its share of the probe. Bytes per token come from the GGUF
 itself: every matrix except the token embedding (a row lookup), plus the embedding when it is
-tied to the output head -- the same figure `ferrollm bench latency` prints.
+tied to the output head -- the same figure `ferrollm bench latency` prints. It also runs
+scripts/bench/fma_peak.c and reports, for prefill, the matmul GFLOP/s (2 FLOP per weight of
+every projection per prompt token) and its share of the f32 FMA peak, the ceiling for float
+weights. --no-bandwidth skips both probes.
 
 Peak RSS: wait4's ru_maxrss for the benchmark processes; VmHWM for the servers.
 Threads: --threads for everything (ferrollm --threads; llama.cpp -t and -tb).
@@ -117,7 +120,7 @@ def build_parser():
     ap.add_argument("--llama-server-args", default="-cram 0",
                     help="extra flags for llama-server (default: -cram 0, its host prompt cache off: random "
                          "prompts never hit it, and saving every finished slot costs time and RSS)")
-    ap.add_argument("--no-bandwidth", action="store_true", help="skip the bandwidth probe")
+    ap.add_argument("--no-bandwidth", action="store_true", help="skip the bandwidth and FMA probes")
     ap.add_argument("--bandwidth-mib", type=int, default=1024)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
     ap.add_argument("--quick", action="store_true",
@@ -239,6 +242,21 @@ def decode_bytes_per_token(path):
         if not is_matrix or (name == "token_embd.weight" and not tied):
             continue
         total += nbytes
+    return total
+
+
+def prefill_flops_per_token(path):
+    """Matmul FLOPs per prompt token: 2 per weight of every projection. The embedding is a
+    lookup, and pp512 (like our prefill) computes logits for the last token only, so the output
+    matrix does not count."""
+    _, tensors = gguf_tensors(path)
+    total = 0
+    for name, dims, _ in tensors:
+        if len(dims) >= 2 and min(dims[:2]) > 1 and name not in ("token_embd.weight", "output.weight"):
+            n = 1
+            for d in dims:
+                n *= d
+            total += 2 * n
     return total
 
 
@@ -587,7 +605,7 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def summarize_model(args, key, path, runs, bw):
+def summarize_model(args, key, path, runs, bw, fma):
     """Returns rows (label, ours, theirs) of medians, and a summary dict."""
     bpt = decode_bytes_per_token(path)
     rows, s = [], {"bytes_per_token": bpt}
@@ -599,7 +617,16 @@ def summarize_model(args, key, path, runs, bw):
     lat = runs.get("latency", {})
     if lat:
         o, t = lat.get("ferrollm", []), lat.get("llama.cpp", [])
-        add("prefill_tok_s", f"prefill tok/s (pp{args.prefill_len})", med(o, "prefill_tok_s"), med(t, "prefill_tok_s"))
+        po, pt = med(o, "prefill_tok_s"), med(t, "prefill_tok_s")
+        add("prefill_tok_s", f"prefill tok/s (pp{args.prefill_len})", po, pt)
+        fpt = prefill_flops_per_token(path)
+        fo, ft = (None if v is None else fpt * v / 1e9 for v in (po, pt))
+        add("prefill_matmul_gflop_s", f"  matmul GFLOP/s ({fpt / 1e6:.0f} MFLOP/token)", fo, ft, 1)
+        if fma.get(args.threads):
+            peak_f = fma[args.threads]
+            rows.append((f"  % of the {args.threads}-thread f32 FMA peak ({peak_f:.0f} GFLOP/s)",
+                         fmt(None if fo is None else 100 * fo / peak_f, 0) + "%",
+                         fmt(None if ft is None else 100 * ft / peak_f, 0) + "%", ""))
         do, dt = med(o, "decode_tok_s"), med(t, "decode_tok_s")
         add("decode_tok_s", f"decode tok/s, batch 1 (tg{args.decode_len} @ {args.prefill_len})", do, dt)
         go, gt = (None if d is None else bpt * d / 1e9 for d in (do, dt))
@@ -692,6 +719,24 @@ def bandwidth_probe(args):
             for m in re.finditer(r"read bandwidth, (\d+) threads?: ([\d.]+) GB/s", r.stdout)}
 
 
+def fma_probe(args):
+    """Compiles and runs fma_peak.c; returns {threads: GFLOP/s}. The ceiling for prefill with
+    float weights, which AVX2 multiplies in f32."""
+    exe = os.path.join(args.work, "fma_peak")
+    cmd = ["gcc", "-O2", "-mavx2", "-mfma", "-fopenmp", os.path.join(HERE, "fma_peak.c"), "-o", exe]
+    show(cmd)
+    c = subprocess.run(cmd, capture_output=True, text=True)
+    if c.returncode != 0:
+        print(f"  (could not compile fma_peak.c: {c.stderr.strip()[:300]})")
+        return {}
+    cmd = [exe, "1" if args.threads == 1 else f"1,{args.threads}"]
+    show(cmd)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    print("  " + (r.stdout.strip() or r.stderr.strip()).replace("\n", "\n  "))
+    return {int(m.group(1)): float(m.group(2))
+            for m in re.finditer(r"fma peak, (\d+) thread\(s\): ([\d.]+) GFLOP/s", r.stdout)}
+
+
 def print_header(args):
     rev = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True)
     info = os.path.join(args.llama_bin, "BUILD_INFO")
@@ -709,13 +754,13 @@ def print_header(args):
           + ("  (busy machine: figures will be noisy)" if busy else ""), flush=True)
 
 
-def write_json(args, bw, all_runs, summaries, elapsed):
+def write_json(args, bw, fma, all_runs, summaries, elapsed):
     def plain(v):
         return v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else str(v)
 
     with open(args.output_json, "w") as f:
         json.dump({"args": {k: plain(v) for k, v in vars(args).items()}, "bandwidth_gb_s": bw,
-                   "summary": summaries, "runs": all_runs, "elapsed_s": elapsed}, f, indent=2)
+                   "fma_peak_gflop_s": fma, "summary": summaries, "runs": all_runs, "elapsed_s": elapsed}, f, indent=2)
     print(f"results written to {args.output_json}")
 
 
@@ -729,12 +774,13 @@ def main(argv):
     t_all = time.perf_counter()
     print_header(args)
     bw = {} if args.no_bandwidth else bandwidth_probe(args)
+    fma = {} if args.no_bandwidth else fma_probe(args)
     all_runs, summaries = {}, {}
     for index, (key, path) in enumerate(args.models):
         print(f"\n[{key}] {path}", flush=True)
         t0 = time.perf_counter()
         all_runs[key] = run_model(args, index, key, path)
-        rows, summaries[key] = summarize_model(args, key, path, all_runs[key], bw)
+        rows, summaries[key] = summarize_model(args, key, path, all_runs[key], bw, fma)
         if not args.sweep_each_model and args.fixed_np is None:
             args.fixed_np = pick_np(all_runs[key])
         print_model_table(args, key, path, rows, summaries[key])
@@ -750,7 +796,7 @@ def main(argv):
     if args.keep_dir:
         print(f"logs and raw JSON: {args.keep_dir}")
     if args.output_json:
-        write_json(args, bw, all_runs, summaries, elapsed)
+        write_json(args, bw, fma, all_runs, summaries, elapsed)
     if tmp:
         tmp.cleanup()
 
