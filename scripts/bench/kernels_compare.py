@@ -55,6 +55,8 @@ import tempfile
 import time
 import urllib.request
 
+from measure import compile_and_run, run_measured
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 MODEL_DIR = os.path.expanduser("~/.cache/ferrollm/models")
@@ -269,34 +271,18 @@ def show(cmd):
     print("    $ " + shlex.join(cmd), flush=True)
 
 
-def run_measured(cmd, timeout, env=None, log_path=None):
-    """Runs cmd to completion; returns (rc, stdout, stderr, peak RSS KiB, seconds)."""
+def run_logged(cmd, timeout, env=None, log_path=None):
+    """Shows and runs cmd (see measure.run_measured), writing its output to log_path if given."""
     show(cmd)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        deadline = time.time() + timeout
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.time() > deadline:
-                p.kill()
-                pid, status, ru = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.05)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        o, e = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    rc, o, e, rss, secs = run_measured(cmd, env=env, timeout=timeout)
     if log_path:
         with open(log_path, "w") as f:
             f.write(f"$ {shlex.join(cmd)}\n--- stdout\n{o}\n--- stderr\n{e}")
-    return p.returncode, o, e, ru.ru_maxrss, time.perf_counter() - t0
+    return rc, o, e, rss, secs
 
 
 def checked(cmd, args, log_path, env=None):
-    rc, out, err, rss, secs = run_measured(cmd, args.timeout, env=env, log_path=log_path)
+    rc, out, err, rss, secs = run_logged(cmd, args.timeout, env=env, log_path=log_path)
     if rc != 0:
         tail = (err.strip() or out.strip())[-1500:]
         raise RuntimeError(f"exit status {rc} (log: {log_path}):\n{tail}")
@@ -701,40 +687,31 @@ def print_summary(args, summaries):
 # --------------------------------------------------------------------------------------------
 
 
+def c_probe(args, source, flags, run_args, pattern):
+    """Compiles and runs scripts/bench/SOURCE (measure.compile_and_run); returns {threads: figure}
+    from the output lines matching PATTERN (threads, figure), or {} if gcc fails."""
+    print(f"    $ gcc {' '.join(flags)} {source} && ./{os.path.splitext(source)[0]} {' '.join(run_args)}", flush=True)
+    ok, text = compile_and_run(os.path.join(HERE, source), flags, run_args, args.work)
+    print("  " + (text if ok else f"({text})").replace("\n", "\n  "))
+    return {int(m.group(1)): float(m.group(2)) for m in re.finditer(pattern, text)} if ok else {}
+
+
+def probe_threads(args):
+    return "1" if args.threads == 1 else f"1,{args.threads}"
+
+
 def bandwidth_probe(args):
-    """Compiles and runs bandwidth.c; returns {threads: GB/s}."""
-    exe = os.path.join(args.work, "bandwidth")
-    cmd = ["gcc", "-O3", "-mavx2", "-fopenmp", os.path.join(HERE, "bandwidth.c"), "-o", exe]
-    show(cmd)
-    c = subprocess.run(cmd, capture_output=True, text=True)
-    if c.returncode != 0:
-        print(f"  (could not compile bandwidth.c: {c.stderr.strip()[:300]})")
-        return {}
-    lst = "1" if args.threads == 1 else f"1,{args.threads}"
-    cmd = [exe, str(args.bandwidth_mib), "5", lst]
-    show(cmd)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    print("  " + (r.stdout.strip() or r.stderr.strip()).replace("\n", "\n  "))
-    return {int(m.group(1)): float(m.group(2))
-            for m in re.finditer(r"read bandwidth, (\d+) threads?: ([\d.]+) GB/s", r.stdout)}
+    """Streaming read bandwidth (bandwidth.c): {threads: GB/s}."""
+    return c_probe(args, "bandwidth.c", ["-O3", "-mavx2", "-fopenmp"],
+                   [str(args.bandwidth_mib), "5", probe_threads(args)],
+                   r"read bandwidth, (\d+) threads?: ([\d.]+) GB/s")
 
 
 def fma_probe(args):
-    """Compiles and runs fma_peak.c; returns {threads: GFLOP/s}. The ceiling for prefill with
-    float weights, which AVX2 multiplies in f32."""
-    exe = os.path.join(args.work, "fma_peak")
-    cmd = ["gcc", "-O2", "-mavx2", "-mfma", "-fopenmp", os.path.join(HERE, "fma_peak.c"), "-o", exe]
-    show(cmd)
-    c = subprocess.run(cmd, capture_output=True, text=True)
-    if c.returncode != 0:
-        print(f"  (could not compile fma_peak.c: {c.stderr.strip()[:300]})")
-        return {}
-    cmd = [exe, "1" if args.threads == 1 else f"1,{args.threads}"]
-    show(cmd)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    print("  " + (r.stdout.strip() or r.stderr.strip()).replace("\n", "\n  "))
-    return {int(m.group(1)): float(m.group(2))
-            for m in re.finditer(r"fma peak, (\d+) thread\(s\): ([\d.]+) GFLOP/s", r.stdout)}
+    """f32 FMA peak (fma_peak.c): {threads: GFLOP/s}, the ceiling for prefill with float
+    weights, which AVX2 multiplies in f32."""
+    return c_probe(args, "fma_peak.c", ["-O2", "-mavx2", "-mfma", "-fopenmp"], [probe_threads(args)],
+                   r"fma peak, (\d+) thread\(s\): ([\d.]+) GFLOP/s")
 
 
 def print_header(args):

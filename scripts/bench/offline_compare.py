@@ -41,6 +41,8 @@ import sys
 import tempfile
 import time
 
+from measure import compile_and_run, run_measured
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_MODEL = os.path.expanduser("~/.cache/ferrollm/models/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -225,28 +227,6 @@ def worker_main(argv):
 # --------------------------------------------------------------------------------------------
 
 
-def run_measured(cmd, env=None, timeout=None):
-    """Runs cmd; returns (returncode, stdout, stderr, peak RSS in KiB, seconds)."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        deadline = None if timeout is None else time.time() + timeout
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if deadline and time.time() > deadline:
-                p.kill()
-                pid, status, ru = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.02)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), \
-            ru.ru_maxrss, time.perf_counter() - t0
-
-
 def run_ours(args, kind):
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
@@ -297,15 +277,10 @@ def run_theirs(args, kind):
 
 
 def bandwidth(threads):
-    src = os.path.join(HERE, "bandwidth.c")
     with tempfile.TemporaryDirectory() as d:
-        exe = os.path.join(d, "bandwidth")
-        c = subprocess.run(["gcc", "-O3", "-mavx2", "-fopenmp", src, "-o", exe], capture_output=True, text=True)
-        if c.returncode != 0:
-            return f"(could not compile bandwidth.c: {c.stderr.strip()[:300]})"
-        lst = "1" if threads == 1 else f"1,{threads}"
-        r = subprocess.run([exe, "1024", "5", lst], capture_output=True, text=True, timeout=300)
-        return r.stdout.strip() or r.stderr.strip()
+        ok, text = compile_and_run(os.path.join(HERE, "bandwidth.c"), ["-O3", "-mavx2", "-fopenmp"],
+                                   ["1024", "5", "1" if threads == 1 else f"1,{threads}"], d, timeout=300)
+        return text if ok else f"({text})"
 
 
 METRICS = {
