@@ -20,16 +20,16 @@
 //! decode, prefill chunk of any length, speculative verify row. A tile only shares loads; every
 //! float operation of a query depends on that query alone:
 //! - the widening is exact (f16 → f32, or a copy), so the keys and values are the cached values;
-//! - each score is `dot(q, k) * scale`, bit for bit (a property of [`dot_many_gathered`]: every dot product
-//!   keeps [`dot`]'s lanes and summation order, whatever block it sits in);
+//! - each score is `dot(q, k) * scale`, bit for bit (a property of [`dot_many_gathered`]: every
+//!   dot product keeps [`dot`]'s lanes and summation order, whatever block it sits in);
 //! - a query's softmax ([`softmax`], then the rounding) runs over its own row of scores, keys
 //!   `0..n`, where `n` is its own context length (token `i` of a tile sees one key more than
-//!   token `i - 1`): its lanes and summation order depend on `n` alone, and scores a tile
-//!   computes beyond a query's `n` are never read;
+//!   token `i - 1`), element-wise exponentials and a sum in key order; scores a tile computes
+//!   beyond a query's `n` are never read;
 //! - its output is `0 + w_0 v_0 + w_1 v_1 + ...` over exactly its `n` keys in order, each step the
-//!   fused multiply-add of [`axpy`] (a property of [`axpy_many_gathered`], which stops each row at its own
-//!   count instead of multiplying by a zero weight, so even an infinite V row beyond a query's
-//!   context cannot reach it).
+//!   fused multiply-add of [`axpy`] (a property of [`axpy_many_gathered`], which stops each row at
+//!   its own count instead of multiplying by a zero weight, so even an infinite V row beyond a
+//!   query's context cannot reach it).
 //!
 //! With `hd % 8 == 0` this is also, bit for bit, the per-query algorithm that came before the
 //! tiles (one `dot_f16`/`axpy_f16` call per key and query) once that uses the same [`softmax`];
@@ -185,9 +185,9 @@ struct Tile {
 /// than threads (a decode with few KV heads), each group is cut into `parts` shares of heads so
 /// that every thread has work. Only then: every share reads all of the group's K and V rows, and
 /// at batch 1 that memory traffic costs more than an uneven split (3 KV heads on 2 threads: 95
-/// vs 87 tok/s for SmolLM2 at 512 tokens of context). The pool
-/// hands tasks out in order from a shared counter, so sorting by cost (longest first) balances
-/// the causal triangle: the last tiles of a long prefill read the most keys.
+/// vs 87 tok/s for SmolLM2 at 512 tokens of context). The pool hands tasks out in order from a
+/// shared counter, so sorting by cost (longest first) balances the causal triangle: the last
+/// tiles of a long prefill read the most keys.
 fn plan_tiles(seqs: &[AttentionSeq], n_kv_heads: usize, group: usize, n_threads: usize) -> Vec<Tile> {
     let token_tiles: Vec<(usize, usize, usize)> = seqs
         .iter()
