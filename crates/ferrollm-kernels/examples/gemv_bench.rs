@@ -6,7 +6,8 @@
 //! them, so decode numbers are for weights streamed from DRAM, as in a real decode step. Times
 //! are medians over many calls, except the `hot` section, which reports the fastest call as a
 //! measure of kernel speed that holds up on a busy machine; `tile` times one float kernel call
-//! with everything in L1. Arguments pick sections (`pool`, `tile`,
+//! with everything in L1, and `qtile` the interleaved quantized kernels on a block of rows in L2
+//! (each 8-row group in L1 for 16 tokens). Arguments pick sections (`pool`, `tile`, `qtile`,
 //! `membw`, `hot`, `gemv`, `prefill`, `model`) and dtypes (`Q8_0`, `Q4_K`, ...); none means all.
 
 use std::time::{Duration, Instant};
@@ -142,7 +143,7 @@ fn median_time(budget: Duration, min_reps: usize, mut f: impl FnMut(usize)) -> f
     times[times.len() / 2]
 }
 
-const SECTIONS: [&str; 7] = ["pool", "membw", "hot", "tile", "gemv", "prefill", "model"];
+const SECTIONS: [&str; 8] = ["pool", "membw", "hot", "tile", "qtile", "gemv", "prefill", "model"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -291,6 +292,19 @@ fn main() {
                 let mut out = vec![0f32; 48];
                 let t = min_time(2000, || quant::float::dot_rows(kind, &bytes, rb, &acts, &mut out));
                 println!("{kind:?} cols {cols}: {:.1} GFLOP/s", 2.0 * (12 * 4 * cols) as f64 / t / 1e9);
+            }
+        }
+    }
+
+    if section("qtile") {
+        println!("\nInterleaved quantized kernels, 1 thread, 64 rows x 16 tokens; fastest of many calls");
+        for &dtype in dtypes.iter().filter(|d| matches!(d, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q8_0)) {
+            for cols in [576usize, 1536] {
+                let w = random_matrix(&mut rng, dtype, 64, cols);
+                let x: Vec<f32> = (0..16 * cols).map(|_| rng.f32()).collect();
+                let mut out = vec![0f32; 16 * 64];
+                let t = min_time(2000, || w.matmul(&pools[0], &x, 16, &mut out));
+                println!("{:<5} cols {cols}: {:.1} GMAC/s", dtype.name(), (64 * 16 * cols) as f64 / t / 1e9);
             }
         }
     }

@@ -40,7 +40,7 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 
 use crate::ops::{
-    axpy, axpy_f16, axpy_many_gathered, dot, dot_f16, dot_many_gathered, f32_to_f16_row, round_to_f16, softmax,
+    axpy, axpy_f16, axpy_many_gathered, dot, dot_f16, dot_many_gathered, f32_to_f16_row, round_to_f16, softmax_rows,
     GatherElem, Gathered,
 };
 use crate::threadpool::DisjointSlice;
@@ -319,10 +319,9 @@ fn attend_tile<E: KvElem>(
         dot_many_gathered(&sc.q, rows_of(kc, b0, b1), scale, &mut sc.s[b0..], n_max);
     }
     // Each row's softmax over its own context, in key order.
+    softmax_rows(&mut sc.s, n_max, &sc.n);
     for (r, &n) in sc.n.iter().enumerate() {
-        let w = &mut sc.s[r * n_max..r * n_max + n];
-        softmax(w);
-        E::round_operands(w);
+        E::round_operands(&mut sc.s[r * n_max..r * n_max + n]);
     }
     // Weighted values: each row takes keys 0..n in order, block by block.
     sc.o.clear();
@@ -347,6 +346,7 @@ fn attend_tile<E: KvElem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::softmax;
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
 
