@@ -8,11 +8,18 @@
 //!
 //! The work is split into tiles: up to [`TILE_TOKENS`] consecutive query tokens of one sequence
 //! times the query heads of one GQA group (all of them, or a share when there are too few tiles
-//! to keep every thread busy). All queries of a tile read the same K and V rows, so the tile
-//! runs every query over each block of [`KEY_BLOCK`] rows with [`dot_many_gathered`] and
-//! [`axpy_many_gathered`], whose register blocks share each loaded chunk between several queries.
-//! They read the rows in place from the paged cache, widening f16 in registers: a decode tile
-//! has one to a few queries, for which a separate widening pass cost as much as the arithmetic.
+//! to keep every thread busy). All queries of a tile read the same keys and values, so the tile
+//! runs every query over each block of [`KEY_BLOCK`] keys with [`scores`] and
+//! [`axpy_many_gathered`], whose register tiles share each loaded vector between several queries.
+//! They read the paged cache in place, widening f16 in registers: a decode tile has one to a few
+//! queries, for which a separate widening pass cost as much as the arithmetic.
+//!
+//! # Cache layout
+//!
+//! Values are rows, `[slot][kv head][head_dim]`. Keys are transposed within each block,
+//! `[block][kv head][head_dim][block_size]` ([`KvShape::k_index`]), so that one load gives one
+//! dim of eight keys and scores need no horizontal sums (see [`crate::scores`]). With block
+//! sizes that are not a multiple of 8 the scores take the scalar path (same bits, slower).
 //!
 //! # Batch invariance
 //!
@@ -20,9 +27,10 @@
 //! decode, prefill chunk of any length, speculative verify row. A tile only shares loads; every
 //! float operation of a query depends on that query alone:
 //! - the widening is exact (f16 → f32, or a copy), so the keys and values are the cached values;
-//! - each score is `dot(q, k) * scale`, bit for bit (a property of [`dot_many_gathered`]: every
-//!   dot product keeps [`dot`]'s lanes and summation order, whatever block it sits in);
-//! - a query's softmax ([`softmax`], then the rounding) runs over its own row of scores, keys
+//! - each score is [`crate::scores::score`]`(q, k) * scale`, bit for bit, whatever tile it sits in
+//!   (each lane of the scores kernel runs one (query, key) pair's operations, in the order
+//!   llama.cpp's f16 GEMM uses);
+//! - a query's softmax ([`softmax`](crate::ops::softmax), then the rounding) runs over its own row of scores, keys
 //!   `0..n`, where `n` is its own context length (token `i` of a tile sees one key more than
 //!   token `i - 1`), element-wise exponentials and a sum in key order; scores a tile computes
 //!   beyond a query's `n` are never read;
@@ -31,18 +39,17 @@
 //!   its own count instead of multiplying by a zero weight, so even an infinite V row beyond a
 //!   query's context cannot reach it).
 //!
-//! With `hd % 8 == 0` this is also, bit for bit, the per-query algorithm that came before the
-//! tiles (one `dot_f16`/`axpy_f16` call per key and query) once that uses the same [`softmax`];
-//! the tests check both that and the closeness to the former softmax (libm `expf`, sequential
-//! sum).
+//! With `hd % 8 == 0` this is also, bit for bit, the per-query algorithm (one score and one
+//! `axpy_f16` call per key and query) once that uses the same [`softmax`](crate::ops::softmax); the tests check both
+//! that and the closeness to the former softmax (libm `expf`, sequential sum).
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
 
 use crate::ops::{
-    axpy, axpy_f16, axpy_many_gathered, dot, dot_f16, dot_many_gathered, f32_to_f16_row, round_to_f16, softmax_rows,
-    GatherElem, Gathered,
+    axpy, axpy_f16, axpy_many_gathered, f32_to_f16_row, round_to_f16, softmax_rows, GatherElem, Gathered,
 };
+use crate::scores::{scores, KeysT};
 use crate::threadpool::DisjointSlice;
 use crate::ThreadPool;
 
@@ -57,8 +64,6 @@ pub const KEY_BLOCK: usize = 64;
 pub trait KvElem: GatherElem + Default + Send + Sync + 'static {
     /// Writes `x` into `out` in this type.
     fn store(x: &[f32], out: &mut [Self]);
-    /// `q · k`.
-    fn dot(q: &[f32], k: &[Self]) -> f32;
     /// `out += a * v`.
     fn axpy(a: f32, v: &[Self], out: &mut [f32]);
     /// Rounds `x` in place to what the attention arithmetic sees for this cache type. For f16
@@ -73,10 +78,6 @@ impl KvElem for f32 {
         out.copy_from_slice(x);
     }
     #[inline]
-    fn dot(q: &[f32], k: &[f32]) -> f32 {
-        dot(q, k)
-    }
-    #[inline]
     fn axpy(a: f32, v: &[f32], out: &mut [f32]) {
         axpy(a, v, out)
     }
@@ -87,10 +88,6 @@ impl KvElem for f32 {
 impl KvElem for u16 {
     fn store(x: &[f32], out: &mut [u16]) {
         f32_to_f16_row(x, out);
-    }
-    #[inline]
-    fn dot(q: &[f32], k: &[u16]) -> f32 {
-        dot_f16(q, k)
     }
     #[inline]
     fn axpy(a: f32, v: &[u16], out: &mut [f32]) {
@@ -134,17 +131,51 @@ pub struct AttentionSeq<'a> {
     pub block_table: &'a [u32],
 }
 
-/// Writes `k`/`v` rows (`[tokens, n_kv_heads * head_dim]`) into their cache slots.
-pub fn write_kv(cache: KvMut, k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize) {
-    fn write<E: KvElem>(kc: &mut [E], vc: &mut [E], k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize) {
+/// Where a layer's cache puts things: `block_size` slots per block, `n_kv_heads` heads of
+/// `head_dim`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvShape {
+    pub block_size: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvShape {
+    /// Index of dim `d` of KV head `h` of the key in `slot`: blocks of `[n_kv_heads][head_dim]
+    /// [block_size]`, so that eight consecutive keys of one dim are one vector load (see
+    /// [`crate::scores`]).
+    #[inline]
+    pub fn k_index(&self, slot: usize, h: usize, d: usize) -> usize {
+        let (block, j) = (slot / self.block_size, slot % self.block_size);
+        ((block * self.n_kv_heads + h) * self.head_dim + d) * self.block_size + j
+    }
+
+    /// Index of the value row of KV head `h` in `slot`: rows `[slot][n_kv_heads][head_dim]`.
+    #[inline]
+    pub fn v_index(&self, slot: usize, h: usize) -> usize {
+        (slot * self.n_kv_heads + h) * self.head_dim
+    }
+}
+
+/// Writes `k`/`v` rows (`[tokens, n_kv_heads * head_dim]`) into their cache slots: values as
+/// rows, keys transposed into their block's panels ([`KvShape::k_index`]).
+pub fn write_kv(cache: KvMut, k: &[f32], v: &[f32], slots: &[usize], shape: KvShape) {
+    fn write<E: KvElem>(kc: &mut [E], vc: &mut [E], k: &[f32], v: &[f32], slots: &[usize], shape: KvShape) {
+        let kv_dim = shape.n_kv_heads * shape.head_dim;
+        let mut row = vec![E::default(); kv_dim];
         for (t, &slot) in slots.iter().enumerate() {
-            E::store(&k[t * kv_dim..(t + 1) * kv_dim], &mut kc[slot * kv_dim..(slot + 1) * kv_dim]);
-            E::store(&v[t * kv_dim..(t + 1) * kv_dim], &mut vc[slot * kv_dim..(slot + 1) * kv_dim]);
+            E::store(&v[t * kv_dim..(t + 1) * kv_dim], &mut vc[shape.v_index(slot, 0)..][..kv_dim]);
+            E::store(&k[t * kv_dim..(t + 1) * kv_dim], &mut row);
+            for h in 0..shape.n_kv_heads {
+                for d in 0..shape.head_dim {
+                    kc[shape.k_index(slot, h, d)] = row[h * shape.head_dim + d];
+                }
+            }
         }
     }
     match cache {
-        KvMut::F32 { k: kc, v: vc } => write(kc, vc, k, v, slots, kv_dim),
-        KvMut::F16 { k: kc, v: vc } => write(kc, vc, k, v, slots, kv_dim),
+        KvMut::F32 { k: kc, v: vc } => write(kc, vc, k, v, slots, shape),
+        KvMut::F16 { k: kc, v: vc } => write(kc, vc, k, v, slots, shape),
     }
 }
 
@@ -230,7 +261,9 @@ struct Scratch {
     counts: Vec<usize>,
     /// Scores, then softmax weights, `[rows, n_max]`.
     s: Vec<f32>,
-    /// Offset in the caches of each key's row for the tile's KV head.
+    /// Where the tile's KV head's key panel of each block starts in the K cache.
+    panels: Vec<usize>,
+    /// Offset in the V cache of each key's value row for the tile's KV head.
     offs: Vec<usize>,
     /// The tile's outputs, `[rows, hd]`.
     o: Vec<f32>,
@@ -284,7 +317,6 @@ fn attend_tile<E: KvElem>(
     out: &DisjointSlice<f32>,
 ) {
     let (hd, bs) = (geo.head_dim, geo.block_size);
-    let kv_dim = geo.n_kv_heads * hd;
     let group = n_heads / geo.n_kv_heads;
     let first_head = tile.kvh * group + tile.h0;
     let (nt, nh) = (tile.nt, tile.nh);
@@ -292,6 +324,9 @@ fn attend_tile<E: KvElem>(
     // Token i of the tile sees n0 + i keys.
     let n0 = seq.context_len - seq.query_len + tile.t0 + 1;
     let n_max = n0 + nt - 1;
+    // Score rows are whole vectors of keys long (the scores kernel writes up to 7 past n_max).
+    let stride = n_max.next_multiple_of(8);
+    let shape = KvShape { block_size: bs, n_kv_heads: geo.n_kv_heads, head_dim: hd };
 
     // Queries, row r = (token r / nh, head r % nh), rounded as the cache type wants (per element).
     sc.q.clear();
@@ -303,25 +338,25 @@ fn attend_tile<E: KvElem>(
     sc.n.clear();
     sc.n.extend((0..rows).map(|r| n0 + r / nh));
     sc.s.clear();
-    sc.s.resize(rows * n_max, 0.0);
-    // Where each of keys 0..n_max of this KV head sits in the caches.
+    sc.s.resize(rows * stride, 0.0);
+    // Where this KV head's key panel of each block starts, and each value row.
+    sc.panels.clear();
+    sc.panels
+        .extend(seq.block_table[..n_max.div_ceil(bs)].iter().map(|&b| shape.k_index(b as usize * bs, tile.kvh, 0)));
     let mut offs = std::mem::take(&mut sc.offs);
     offs.clear();
-    offs.extend((0..n_max).map(|p| {
-        let slot = seq.block_table[p / bs] as usize * bs + p % bs;
-        slot * kv_dim + tile.kvh * hd
-    }));
-    let rows_of = |cache, b0: usize, b1: usize| Gathered { base: cache, offs: &offs[b0..b1], dim: hd };
+    offs.extend((0..n_max).map(|p| shape.v_index(seq.block_table[p / bs] as usize * bs + p % bs, tile.kvh)));
+    let keys = KeysT { base: kc, blocks: &sc.panels, bs, dim: hd };
 
     // Scores: every row against keys 0..n_max (a row's entries past its own context are unused).
     for b0 in (0..n_max).step_by(KEY_BLOCK) {
         let b1 = (b0 + KEY_BLOCK).min(n_max);
-        dot_many_gathered(&sc.q, rows_of(kc, b0, b1), scale, &mut sc.s[b0..], n_max);
+        scores(&sc.q, keys, b0, b1, scale, &mut sc.s, stride);
     }
     // Each row's softmax over its own context, in key order.
-    softmax_rows(&mut sc.s, n_max, &sc.n);
+    softmax_rows(&mut sc.s, stride, &sc.n);
     for (r, &n) in sc.n.iter().enumerate() {
-        E::round_operands(&mut sc.s[r * n_max..r * n_max + n]);
+        E::round_operands(&mut sc.s[r * stride..r * stride + n]);
     }
     // Weighted values: each row takes keys 0..n in order, block by block.
     sc.o.clear();
@@ -330,7 +365,8 @@ fn attend_tile<E: KvElem>(
         let b1 = (b0 + KEY_BLOCK).min(n_max);
         sc.counts.clear();
         sc.counts.extend(sc.n.iter().map(|&n| n.saturating_sub(b0).min(b1 - b0)));
-        axpy_many_gathered(&sc.s[b0..], n_max, &sc.counts, rows_of(vc, b0, b1), &mut sc.o);
+        let values = Gathered { base: vc, offs: &offs[b0..b1], dim: hd };
+        axpy_many_gathered(&sc.s[b0..], stride, &sc.counts, values, &mut sc.o);
     }
     sc.offs = offs;
     for i in 0..nt {
@@ -346,7 +382,7 @@ fn attend_tile<E: KvElem>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::softmax;
+    use crate::ops::{dot, softmax};
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
 
@@ -397,7 +433,7 @@ mod tests {
     }
 
     /// The per-query algorithm the tiles replaced: one (token, head) at a time straight from the
-    /// cache, a [`KvElem::dot`] per key and a [`KvElem::axpy`] per value row.
+    /// cache, a [`crate::scores::score`] per key and a [`KvElem::axpy`] per value row.
     #[allow(clippy::too_many_arguments)]
     fn per_query_reference<E: KvElem>(
         q: &[f32],
@@ -412,7 +448,7 @@ mod tests {
     ) {
         let (hd, bs) = (geo.head_dim, geo.block_size);
         let group = n_heads / geo.n_kv_heads;
-        let kv_dim = geo.n_kv_heads * hd;
+        let shape = KvShape { block_size: bs, n_kv_heads: geo.n_kv_heads, head_dim: hd };
         for seq in seqs {
             for i in 0..seq.query_len {
                 let t = seq.query_start + i;
@@ -420,17 +456,15 @@ mod tests {
                 for h in 0..n_heads {
                     let mut qr = q[(t * n_heads + h) * hd..][..hd].to_vec();
                     E::round_operands(&mut qr);
-                    let head = |p: usize| {
-                        let slot = seq.block_table[p / bs] as usize * bs + p % bs;
-                        slot * kv_dim + (h / group) * hd..slot * kv_dim + (h / group + 1) * hd
-                    };
-                    let mut scores: Vec<f32> = (0..n_ctx).map(|p| E::dot(&qr, &kc[head(p)]) * scale).collect();
+                    let slot = |p: usize| seq.block_table[p / bs] as usize * bs + p % bs;
+                    let key = |p: usize| move |d: usize| kc[shape.k_index(slot(p), h / group, d)].to_f32();
+                    let mut scores: Vec<f32> = (0..n_ctx).map(|p| crate::scores::score(&qr, key(p)) * scale).collect();
                     softmax(&mut scores);
                     E::round_operands(&mut scores);
                     let o = &mut out[(t * n_heads + h) * hd..][..hd];
                     o.fill(0.0);
                     for (p, &w) in scores.iter().enumerate() {
-                        E::axpy(w, &vc[head(p)], o);
+                        E::axpy(w, &vc[shape.v_index(slot(p), h / group)..][..hd], o);
                     }
                 }
             }
@@ -470,8 +504,9 @@ mod tests {
             let slots: Vec<usize> = (0..n_slots).collect();
             let (mut k32, mut v32) = (vec![0f32; n_slots * kv_dim], vec![0f32; n_slots * kv_dim]);
             let (mut k16, mut v16) = (vec![0u16; n_slots * kv_dim], vec![0u16; n_slots * kv_dim]);
-            write_kv(KvMut::F32 { k: &mut k32, v: &mut v32 }, &k, &v, &slots, kv_dim);
-            write_kv(KvMut::F16 { k: &mut k16, v: &mut v16 }, &k, &v, &slots, kv_dim);
+            let shape = KvShape { block_size: bs, n_kv_heads: nkv, head_dim: hd };
+            write_kv(KvMut::F32 { k: &mut k32, v: &mut v32 }, &k, &v, &slots, shape);
+            write_kv(KvMut::F16 { k: &mut k16, v: &mut v16 }, &k, &v, &slots, shape);
             Fixture { nh, nkv, hd, bs, q, k32, v32, k16, v16 }
         }
 
@@ -513,8 +548,9 @@ mod tests {
         let slots: Vec<usize> = (0..n_tok).map(|p| block_table[p / bs] as usize * bs + p % bs).collect();
         let (mut k32, mut v32) = (vec![0f32; 8 * bs * kv_dim], vec![0f32; 8 * bs * kv_dim]);
         let (mut k16, mut v16) = (vec![0u16; 8 * bs * kv_dim], vec![0u16; 8 * bs * kv_dim]);
-        write_kv(KvMut::F32 { k: &mut k32, v: &mut v32 }, &k, &v, &slots, kv_dim);
-        write_kv(KvMut::F16 { k: &mut k16, v: &mut v16 }, &k, &v, &slots, kv_dim);
+        let shape = KvShape { block_size: bs, n_kv_heads: nkv, head_dim: hd };
+        write_kv(KvMut::F32 { k: &mut k32, v: &mut v32 }, &k, &v, &slots, shape);
+        write_kv(KvMut::F16 { k: &mut k16, v: &mut v16 }, &k, &v, &slots, shape);
         // Query the last 5 tokens as one chunk, as a chunked prefill would.
         let start = n_tok - 5;
         let seqs = [AttentionSeq { query_start: 0, query_len: 5, context_len: n_tok, block_table: &block_table }];
@@ -590,9 +626,8 @@ mod tests {
                         assert!((a - b).abs() <= tol, "hd={hd} f16={f16} element {i}: {a} vs {b}");
                     }
                     // With the same softmax, the same operations, so the same bits: always for
-                    // f32 caches; for f16 ones when `dot_f16` has no scalar tail (hd % 8 == 0; it
-                    // adds its tail to the lane sum, `dot` element by element onto it) and its
-                    // SIMD path runs.
+                    // f32 caches; for f16 ones when `axpy_f16` has no scalar tail (hd % 8 == 0;
+                    // its tail multiplies and adds separately) and its SIMD path runs.
                     let want = reference(softmax);
                     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                         assert!((a - b).abs() <= tol, "hd={hd} f16={f16} element {i}: {a} vs {b}");

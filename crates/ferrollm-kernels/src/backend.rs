@@ -3,7 +3,7 @@
 //! Model code calls these operations and never a SIMD routine directly, so a second backend
 //! (CUDA) can later implement the same trait over device buffers.
 
-use crate::attention::{self, AttentionSeq, KvMut, PagedKv};
+use crate::attention::{self, AttentionSeq, KvMut, KvShape, PagedKv};
 use crate::ops::{self, RopeStyle, RopeTable};
 use crate::threadpool::DisjointSlice;
 use crate::{QMatrix, ThreadPool};
@@ -22,7 +22,7 @@ pub trait Backend: Send + Sync {
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]);
     fn add_inplace(&self, x: &mut [f32], y: &[f32]);
     /// Stores K and V rows (`[tokens, kv_dim]`) in their cache slots.
-    fn write_kv(&self, cache: KvMut, k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize);
+    fn write_kv(&self, cache: KvMut, k: &[f32], v: &[f32], slots: &[usize], shape: KvShape);
     #[allow(clippy::too_many_arguments)]
     fn paged_attention(
         &self,
@@ -125,8 +125,8 @@ impl Backend for CpuBackend {
             ops::add_inplace(unsafe { shared.part(i0, i1 - i0) }, &y[i0..i1])
         });
     }
-    fn write_kv(&self, cache: KvMut, k: &[f32], v: &[f32], slots: &[usize], kv_dim: usize) {
-        attention::write_kv(cache, k, v, slots, kv_dim)
+    fn write_kv(&self, cache: KvMut, k: &[f32], v: &[f32], slots: &[usize], shape: KvShape) {
+        attention::write_kv(cache, k, v, slots, shape)
     }
     fn paged_attention(
         &self,

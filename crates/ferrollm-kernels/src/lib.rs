@@ -11,9 +11,10 @@ pub mod dtype;
 pub mod ops;
 pub mod qmatrix;
 pub mod quant;
+pub mod scores;
 pub mod threadpool;
 
-pub use attention::{AttentionSeq, KvElem, KvMut, KvRef, PagedKv};
+pub use attention::{AttentionSeq, KvElem, KvMut, KvRef, KvShape, PagedKv};
 pub use backend::{Backend, CpuBackend};
 pub use dtype::DType;
 pub use qmatrix::{Backing, Bytes, Layout, QMatrix};

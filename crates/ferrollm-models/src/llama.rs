@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use ferrollm_kernels::ops::RopeTable;
-use ferrollm_kernels::{AttentionSeq, Backend, KvMut, KvRef, PagedKv, QMatrix};
+use ferrollm_kernels::{AttentionSeq, Backend, KvMut, KvRef, KvShape, PagedKv, QMatrix};
 
 use crate::{Architecture, ModelConfig, ModelError, WeightSource};
 
@@ -256,7 +256,8 @@ impl LlamaModel {
             }
             be.rope(&self.rope, &mut q, batch.positions, c.num_heads, style);
             be.rope(&self.rope, &mut k, batch.positions, c.num_kv_heads, style);
-            be.write_kv(kvl.as_mut(), &k, &v, batch.slot_mapping, kv_dim);
+            let shape = KvShape { block_size: kv.block_size, n_kv_heads: c.num_kv_heads, head_dim: hd };
+            be.write_kv(kvl.as_mut(), &k, &v, batch.slot_mapping, shape);
             let paged =
                 PagedKv { data: kvl.as_ref(), block_size: kv.block_size, n_kv_heads: c.num_kv_heads, head_dim: hd };
             be.paged_attention(&q, &paged, &attn_seqs, c.num_heads, scale, &mut attn);

@@ -5,7 +5,7 @@
 //! widening, a horizontal reduction and a float conversion per token. Interleaved, one 32-byte
 //! load holds four quants of each of eight rows; one `maddubs` against four broadcast
 //! activation bytes gives eight rows' partial sums at once. Eight such steps cover a block, the
-//! sums stay in i16 (they cannot overflow, see [`dot_blocks`]), and one widening, conversion and
+//! sums stay in i16 (they cannot overflow, see `avx2::dot_blocks`), and one widening, conversion and
 //! FMA per block and token update eight rows' accumulators, which end as eight outputs with no
 //! horizontal sum. This is llama.cpp's "repack" idea (its `q4_0_8x8`), for our formats.
 //!
