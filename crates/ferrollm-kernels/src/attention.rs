@@ -30,10 +30,10 @@
 //! - each score is [`crate::scores::score`]`(q, k) * scale`, bit for bit, whatever tile it sits in
 //!   (each lane of the scores kernel runs one (query, key) pair's operations, in the order
 //!   llama.cpp's f16 GEMM uses);
-//! - a query's softmax ([`softmax`](crate::ops::softmax), then the rounding) runs over its own row of scores, keys
-//!   `0..n`, where `n` is its own context length (token `i` of a tile sees one key more than
-//!   token `i - 1`), element-wise exponentials and a sum in key order; scores a tile computes
-//!   beyond a query's `n` are never read;
+//! - a query's softmax ([`softmax`](crate::ops::softmax), llama.cpp's, then the rounding) runs
+//!   over its own row of scores, keys `0..n`, where `n` is its own context length (token `i` of
+//!   a tile sees one key more than token `i - 1`), with element-wise exponentials and sums in a
+//!   fixed order from key 0; scores a tile computes beyond a query's `n` are never read;
 //! - its output is `0 + w_0 v_0 + w_1 v_1 + ...` over exactly its `n` keys in order, each step the
 //!   fused multiply-add of [`axpy`] (a property of [`axpy_many_gathered`], which stops each row at
 //!   its own count instead of multiplying by a zero weight, so even an infinite V row beyond a
@@ -41,7 +41,7 @@
 //!
 //! With `hd % 8 == 0` this is also, bit for bit, the per-query algorithm (one score and one
 //! `axpy_f16` call per key and query) once that uses the same [`softmax`](crate::ops::softmax); the tests check both
-//! that and the closeness to the former softmax (libm `expf`, sequential sum).
+//! that and the closeness to a softmax with libm's `expf` and a sequential sum.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -259,7 +259,7 @@ struct Scratch {
     n: Vec<usize>,
     /// Keys of the current key block each row takes.
     counts: Vec<usize>,
-    /// Scores, then softmax weights, `[rows, n_max]`.
+    /// Scores, then softmax weights, `[rows, n_max rounded up to 8]`.
     s: Vec<f32>,
     /// Where the tile's KV head's key panel of each block starts in the K cache.
     panels: Vec<usize>,
@@ -353,7 +353,7 @@ fn attend_tile<E: KvElem>(
         let b1 = (b0 + KEY_BLOCK).min(n_max);
         scores(&sc.q, keys, b0, b1, scale, &mut sc.s, stride);
     }
-    // Each row's softmax over its own context, in key order.
+    // Each row's softmax over its own context.
     softmax_rows(&mut sc.s, stride, &sc.n);
     for (r, &n) in sc.n.iter().enumerate() {
         E::round_operands(&mut sc.s[r * stride..r * stride + n]);

@@ -80,7 +80,9 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// `gate = silu(gate) * up`, the SwiGLU activation: AVX2 where the CPU has it, else
-/// [`silu_mul_scalar`]; both give the same bits (the exponential is [`softmax`]'s).
+/// [`silu_mul_scalar`]; both give the same bits, the exponential evaluated in f64 and rounded
+/// once). ggml's own f32 `expf` here moved SmolLM2's agreement with llama.cpp from 0.9690 to
+/// 0.9601, so this one stays.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul lengths");
     #[cfg(target_arch = "x86_64")]
@@ -395,8 +397,8 @@ const EXP_TAYLOR: [f64; 9] =
 
 /// `exp(x)`, evaluated in f64 and rounded once to f32: within 1e-11 relative of the exact value
 /// before that rounding, so as good as libm's `expf` (which differs by an ulp only where the exact
-/// value lies within 1e-11 of a rounding boundary). Scalar twin of the AVX2 `exp4` in
-/// [`softmax`]: the same operations (fused where it fuses), so the same bits for every input.
+/// value lies within 1e-11 of a rounding boundary). Scalar twin of the AVX2 `exp8` of
+/// [`silu_mul`]: the same operations (fused where it fuses), so the same bits for every input.
 #[inline(always)]
 fn exp_lane(x: f32) -> f32 {
     // Clamped to where f32 results are 0 or infinite anyway (as `maxpd`/`minpd` do: NaN passes).
@@ -415,106 +417,94 @@ fn exp_lane(x: f32) -> f32 {
     (p * scale) as f32
 }
 
-/// Softmax of `x` in place: `x[i] = exp(x[i] - max) / sum` (AVX2+FMA where the CPU has it, else
-/// [`softmax_scalar`]; both give the same bits).
+/// Softmax of `x` in place, computed as llama.cpp's CPU softmax computes it (AVX2+FMA where the
+/// CPU has it, else [`softmax_scalar`]; both give the same bits).
 ///
-/// The result is a function of `x` alone: the exponentials are element-wise, and the sum runs in
-/// element order. A sum by lanes would be faster, but the sequential one is libm softmax's own
-/// order: with it, greedy tokens agree with llama.cpp's as often as before (Qwen2.5 top-1 0.9835
-/// vs 0.9803 with lane sums; the difference is all near-ties).
+/// Why its order: attention scores already follow llama.cpp's f16 GEMM bit for bit
+/// ([`crate::scores`]); with the softmax too, greedy tokens agree with it more often at near-ties
+/// (the teacher-forced agreement tests move with every rounding change), and its exponential is
+/// f32 (twice as fast as the f64-based one it replaced). Steps, from ggml's `soft_max`:
+/// - `m = max x`;
+/// - `e_i = expf_ggml(x_i - m)`, eight at a time from element 0 (lanes past the end count as 0);
+/// - each eight summed as `((e0 + e4) + (e2 + e6)) + ((e1 + e5) + (e3 + e7))`, the eights added in
+///   f64 in order;
+/// - `x_i = e_i * (1 / sum)`, the reciprocal taken in f64 and rounded to f32.
+///
+/// The result is a function of `x` alone.
 pub fn softmax(x: &mut [f32]) {
-    let n = x.len();
-    softmax_rows(x, n, &[n]);
-}
-
-/// [`softmax`] of each row `x[r * stride..][..n[r]]`, bit for bit.
-///
-/// Why rows together: the in-order sum is a chain of dependent adds, one add latency per element,
-/// which was 40% of a softmax. Summing up to eight rows side by side (each still in its own order)
-/// keeps the adder busy instead.
-pub fn softmax_rows(x: &mut [f32], stride: usize, n: &[usize]) {
-    for (r, &len) in n.iter().enumerate() {
-        exp_shifted(&mut x[r * stride..][..len]);
-    }
-    let mut sums = Vec::with_capacity(n.len());
-    let mut r = 0;
-    while r < n.len() {
-        let g = match n.len() - r {
-            8.. => 8,
-            4..=7 => 4,
-            2..=3 => 2,
-            _ => 1,
-        };
-        let rows = &x[r * stride..];
-        match g {
-            8 => sums.extend(row_sums::<8>(rows, stride, n[r..r + 8].try_into().unwrap())),
-            4 => sums.extend(row_sums::<4>(rows, stride, n[r..r + 4].try_into().unwrap())),
-            2 => sums.extend(row_sums::<2>(rows, stride, n[r..r + 2].try_into().unwrap())),
-            _ => sums.extend(row_sums::<1>(rows, stride, n[r..r + 1].try_into().unwrap())),
-        }
-        r += g;
-    }
-    for ((r, &len), &sum) in n.iter().enumerate().zip(&sums) {
-        divide(&mut x[r * stride..][..len], sum);
-    }
-}
-
-/// `x[i] = exp(x[i] - max x)`.
-fn exp_shifted(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::quant::common::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
-        unsafe { x86::exp_shifted(x) };
+        unsafe { x86::softmax(x) };
         return;
     }
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for v in x.iter_mut() {
-        *v = exp_lane(*v - max);
-    }
+    softmax_scalar(x)
 }
 
-/// `x[i] /= sum`.
-fn divide(x: &mut [f32], sum: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::quant::common::has_avx2() {
-        // SAFETY: AVX2 was detected at run time.
-        unsafe { x86::divide(x, sum) };
-        return;
+/// [`softmax`] of each row `x[r * stride..][..n[r]]`.
+pub fn softmax_rows(x: &mut [f32], stride: usize, n: &[usize]) {
+    for (r, &len) in n.iter().enumerate() {
+        softmax(&mut x[r * stride..][..len]);
     }
-    for v in x.iter_mut() {
-        *v /= sum;
-    }
-}
-
-/// Each row's sum in element order from 0.0 (`R` rows of `x`, `stride` apart, `n[r]` long), the
-/// rows interleaved so that their `R` chains of adds overlap.
-#[allow(clippy::needless_range_loop)]
-fn row_sums<const R: usize>(x: &[f32], stride: usize, n: &[usize; R]) -> [f32; R] {
-    let rows: [&[f32]; R] = std::array::from_fn(|r| &x[r * stride..][..n[r]]);
-    let common = n.iter().copied().min().unwrap_or(0);
-    let mut acc = [0f32; R];
-    for k in 0..common {
-        for r in 0..R {
-            acc[r] += rows[r][k];
-        }
-    }
-    for r in 0..R {
-        for &v in &rows[r][common..] {
-            acc[r] += v;
-        }
-    }
-    acc
 }
 
 /// Reference for [`softmax`], operation for operation.
 pub fn softmax_scalar(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for v in x.iter_mut() {
-        *v = exp_lane(*v - max);
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| if m > v { m } else { v });
+    let mut sum = 0f64;
+    for chunk in x.chunks_mut(8) {
+        let mut e = [0f32; 8];
+        for (ei, v) in e.iter_mut().zip(chunk.iter_mut()) {
+            *v = expf_ggml(*v - max);
+            *ei = *v;
+        }
+        let pair: [f32; 4] = std::array::from_fn(|m| e[m + 4] + e[m]);
+        sum += ((pair[0] + pair[2]) + (pair[1] + pair[3])) as f64;
     }
-    let sum: f32 = x.iter().fold(0.0, |s, &v| s + v);
+    let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
-        *v /= sum;
+        *v *= inv;
+    }
+}
+
+/// ggml's AVX2 `expf` (from Arm's optimized routines: at most 1.95 ulp from the exact value),
+/// one lane. Its constants, as f32 bit patterns: the rounding shifter 1.5·2^23, log2(e), ln(2) in
+/// two parts, and the degree-5 polynomial.
+const GGML_EXP: [u32; 9] = [
+    0x4b40_0000,
+    0x3fb8_aa3b,
+    0x35bf_be8e,
+    0x3f31_7200,
+    0x3c07_2010,
+    0x3d2b_9f17,
+    0x3e2a_af33,
+    0x3eff_fedb,
+    0x3f7f_fff6,
+];
+
+/// Scalar twin of the AVX2 `expf_ggml8`: the same operations, so the same bits for every input.
+/// Results below about 2^-126 go through a second scaling (subnormals); below 2^-192 they are 0,
+/// above 88.38 infinite.
+#[inline(always)]
+fn expf_ggml(x: f32) -> f32 {
+    let c = GGML_EXP.map(f32::from_bits);
+    let z = x.mul_add(c[1], c[0]);
+    let n = z - c[0];
+    let b = (-n).mul_add(c[2], (-n).mul_add(c[3], x));
+    let e = z.to_bits() << 23;
+    let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
+    let u = b * b;
+    let j = c[4].mul_add(b, c[5]).mul_add(u, c[6].mul_add(b, c[7])).mul_add(u, c[8] * b);
+    if n.abs() <= 126.0 || n.is_nan() {
+        return k.mul_add(j, k);
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        s2.mul_add(j, s2) * s1
     }
 }
 
@@ -885,51 +875,106 @@ mod x86 {
         _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1)
     }
 
+    /// Eight lanes of `super::expf_ggml`, operation for operation.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn expf_ggml8(x: __m256) -> __m256 {
+        let c = super::GGML_EXP.map(|b| _mm256_set1_ps(f32::from_bits(b)));
+        let z = _mm256_fmadd_ps(x, c[1], c[0]);
+        let n = _mm256_sub_ps(z, c[0]);
+        let b = _mm256_fnmadd_ps(n, c[2], _mm256_fnmadd_ps(n, c[3], x));
+        let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+        let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+        let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+        let special = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(126.0));
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_fmadd_ps(c[4], b, c[5]), u, _mm256_fmadd_ps(c[6], b, c[7])),
+            u,
+            _mm256_mul_ps(c[8], b),
+        );
+        let fast = _mm256_fmadd_ps(k, j, k);
+        if _mm256_movemask_ps(special) == 0 {
+            return fast;
+        }
+        let g = _mm256_and_si256(
+            _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
+            _mm256_set1_epi32(0x8200_0000u32 as i32),
+        );
+        let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+        let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+        let huge = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+        let scaled = _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1);
+        let y = _mm256_blendv_ps(fast, scaled, special);
+        _mm256_blendv_ps(y, _mm256_mul_ps(s1, s1), huge)
+    }
+
+    /// [`expf_ggml8`] on 8 floats, for the tests.
+    ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn exp_shifted(x: &mut [f32]) {
-        let n = x.len();
-        let body = n / 8 * 8;
-        let p = x.as_mut_ptr();
-        // SAFETY (all loads and stores): i + 8 <= body <= n, and `x` holds n floats, borrowed mutably.
-        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
-        for i in (0..body).step_by(8) {
-            vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(p.add(i)) });
-        }
-        let m4 = _mm_max_ps(_mm256_extractf128_ps(vmax, 1), _mm256_castps256_ps128(vmax));
-        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        let mut max = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
-        for t in body..n {
-            // SAFETY: t < n.
-            max = max.max(unsafe { *p.add(t) });
-        }
-        let vm = _mm256_set1_ps(max);
-        for i in (0..body).step_by(8) {
-            let e = exp8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(p.add(i)) }, vm));
-            unsafe { _mm256_storeu_ps(p.add(i), e) };
-        }
-        for t in body..n {
-            // SAFETY: t < n.
-            unsafe { *p.add(t) = super::exp_lane(*p.add(t) - max) };
-        }
+    pub unsafe fn expf_ggml8_slice(x: &[f32; 8]) -> [f32; 8] {
+        let mut out = [0f32; 8];
+        // SAFETY: both arrays hold 8 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), expf_ggml8(_mm256_loadu_ps(x.as_ptr()))) };
+        out
     }
 
     /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn divide(x: &mut [f32], sum: f32) {
-        let n = x.len();
-        let body = n / 8 * 8;
-        let p = x.as_mut_ptr();
-        let vs = _mm256_set1_ps(sum);
-        for i in (0..body).step_by(8) {
-            // SAFETY: i + 8 <= body <= n, and `x` holds n floats, borrowed mutably.
-            unsafe { _mm256_storeu_ps(p.add(i), _mm256_div_ps(_mm256_loadu_ps(p.add(i)), vs)) };
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax(x: &mut [f32]) {
+        // The maximum in lanes: the same value as the scalar fold for any input without NaN.
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut eights = x.chunks_exact(8);
+        for c in &mut eights {
+            // SAFETY: `c` holds 8 floats.
+            vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(c.as_ptr()) });
         }
-        for t in body..n {
-            // SAFETY: t < n.
-            unsafe { *p.add(t) /= sum };
+        let m4 = _mm_max_ps(_mm256_extractf128_ps(vmax, 1), _mm256_castps256_ps128(vmax));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let lanes = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let max = eights.remainder().iter().fold(lanes, |m, &v| if m > v { m } else { v });
+        let vm = _mm256_set1_ps(max);
+        let mut sum = 0f64;
+        for chunk in x.chunks_mut(8) {
+            let len = chunk.len();
+            let e = if len == 8 {
+                // SAFETY: `chunk` holds 8 floats, borrowed mutably.
+                unsafe {
+                    let e = expf_ggml8(_mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), vm));
+                    _mm256_storeu_ps(chunk.as_mut_ptr(), e);
+                    e
+                }
+            } else {
+                // The last, partial eight: lanes past the end count as 0 (llama.cpp's masked keys).
+                let mut buf = [0f32; 8];
+                buf[..len].copy_from_slice(chunk);
+                // SAFETY: `buf` holds 8 floats.
+                let e = expf_ggml8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(buf.as_ptr()) }, vm));
+                let valid =
+                    _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                let e = _mm256_and_ps(e, _mm256_castsi256_ps(valid));
+                // SAFETY: `buf` holds 8 floats.
+                unsafe { _mm256_storeu_ps(buf.as_mut_ptr(), e) };
+                chunk.copy_from_slice(&buf[..len]);
+                e
+            };
+            let t = _mm_add_ps(_mm256_extractf128_ps(e, 1), _mm256_castps256_ps128(e));
+            let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+            sum += _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t))) as f64;
+        }
+        let inv = _mm256_set1_ps((1.0 / sum) as f32);
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` holds 8 floats, borrowed mutably.
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), inv)) };
+        }
+        let inv = (1.0 / sum) as f32;
+        for v in chunks.into_remainder() {
+            *v *= inv;
         }
     }
 }
@@ -1112,9 +1157,34 @@ mod tests {
     }
 
     #[test]
-    fn softmax_matches_scalar_twin_bit_for_bit_and_libm_closely() {
+    fn softmax_matches_scalar_twin_bit_for_bit_and_exact_softmax_closely() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for n in [0, 1, 7, 8, 9, 16, 23, 64, 65, 300] {
+            for spread in [0.5f32, 10.0, 120.0] {
+                let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-spread..spread)).collect();
+                let (mut a, mut b) = (x.clone(), x.clone());
+                softmax(&mut a);
+                softmax_scalar(&mut b);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "softmax n={n} spread={spread}");
+                // Against the exact softmax.
+                let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let e: Vec<f64> = x.iter().map(|&v| ((v - m) as f64).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for (got, want) in a.iter().zip(&e) {
+                    assert!(
+                        (*got as f64 - want / z).abs() <= 1e-6 * (want / z) + 1e-30,
+                        "n={n}: {got} vs {}",
+                        want / z
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn silu_exp_matches_scalar_twin_and_libm() {
         // The exponential alone, over its whole range (flush to 0 and to infinity included), against
         // libm's `expf` and against the exact value rounded to f32 (via f64): at most an ulp apart.
         let ulps = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).abs();
@@ -1142,27 +1212,42 @@ mod tests {
         assert!(exact * 1000 >= xs.len() * 999, "{exact} of {} correctly rounded", xs.len());
         assert!(exp_lane(f32::NAN).is_nan() && exp_lane(f32::INFINITY) == f32::INFINITY);
         assert_eq!(exp_lane(f32::NEG_INFINITY), 0.0);
-        for n in [0, 1, 7, 8, 9, 16, 23, 64, 65, 300] {
-            for spread in [0.5f32, 10.0, 120.0] {
-                let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-spread..spread)).collect();
-                let (mut a, mut b) = (x.clone(), x.clone());
-                softmax(&mut a);
-                softmax_scalar(&mut b);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&a), bits(&b), "softmax n={n} spread={spread}");
-                // Against libm's exp and a sequential sum.
-                let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let e: Vec<f64> = x.iter().map(|&v| ((v - m) as f64).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for (got, want) in a.iter().zip(&e) {
-                    assert!(
-                        (*got as f64 - want / z).abs() <= 1e-6 * (want / z) + 1e-30,
-                        "n={n}: {got} vs {}",
-                        want / z
-                    );
+    }
+
+    #[test]
+    fn ggml_expf_simd_matches_scalar_twin_and_is_within_two_ulp() {
+        let ulps = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).abs();
+        let xs: Vec<f32> = (0..300_000)
+            .map(|i| -150.0 + i as f32 * 0.0008)
+            .chain([0.0, -0.0, 88.3, 88.4, 88.7, 89.0, -87.0, -103.0, -104.5, -200.0, -1e30])
+            .chain([f32::NEG_INFINITY, f32::INFINITY, f32::NAN])
+            .collect();
+        for chunk in xs.chunks(8) {
+            let mut lanes = [0f32; 8];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            #[cfg(target_arch = "x86_64")]
+            if crate::quant::common::has_avx2() {
+                // SAFETY: AVX2 and FMA were detected at run time; `lanes` holds 8 floats.
+                let v = unsafe { x86::expf_ggml8_slice(&lanes) };
+                for (l, &x) in lanes.iter().enumerate() {
+                    let s = expf_ggml(x);
+                    assert!(v[l].to_bits() == s.to_bits() || (v[l].is_nan() && s.is_nan()), "expf_ggml8({x})");
                 }
             }
         }
+        for &x in &xs {
+            let (got, want) = (expf_ggml(x), (x as f64).exp());
+            if x.is_nan() {
+                assert!(got.is_nan());
+            } else if want >= f32::MIN_POSITIVE as f64 && want <= f32::MAX as f64 {
+                assert!(ulps(got, want as f32) <= 2, "expf_ggml({x}) = {got}, exact {want}");
+            } else if want < f32::MIN_POSITIVE as f64 {
+                assert!((0.0..f32::MIN_POSITIVE).contains(&got), "expf_ggml({x}) = {got}");
+            } else {
+                assert_eq!(got, f32::INFINITY, "expf_ggml({x})");
+            }
+        }
+        assert_eq!(expf_ggml(f32::NEG_INFINITY), 0.0);
     }
 
     #[test]
