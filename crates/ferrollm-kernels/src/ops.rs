@@ -966,13 +966,13 @@ mod x86 {
             let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
             sum += _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t))) as f64;
         }
-        let inv = _mm256_set1_ps((1.0 / sum) as f32);
+        let inv = (1.0 / sum) as f32;
+        let vinv = _mm256_set1_ps(inv);
         let mut chunks = x.chunks_exact_mut(8);
         for c in &mut chunks {
             // SAFETY: `c` holds 8 floats, borrowed mutably.
-            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), inv)) };
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), vinv)) };
         }
-        let inv = (1.0 / sum) as f32;
         for v in chunks.into_remainder() {
             *v *= inv;
         }
