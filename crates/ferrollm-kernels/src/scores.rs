@@ -4,8 +4,9 @@
 //! horizontal sum at the end; for a 64-dim head that sum cost as much as the multiplies. In a
 //! `[dim][block_size]` panel per block and KV head, one load gives dim `d` of eight consecutive
 //! keys, and a register tile of queries × key vectors accumulates `q[d] * k[d]` with one fused
-//! multiply-add per query, key vector and dim: no reduction at all, and the loaded keys and the
-//! broadcast query values serve several accumulators each.
+//! multiply-add per query, key vector and dim: nothing is reduced across lanes (the lane sums
+//! below are vertical adds), and the loaded keys and the broadcast query values serve several
+//! accumulators each.
 //!
 //! Every score is computed as llama.cpp's f16 GEMM (tinyBLAS) computes it: dim `d` goes to lane
 //! `d % 8`, each lane one chain of fused multiply-adds in dim order, then the lanes are summed
