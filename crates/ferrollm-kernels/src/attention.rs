@@ -115,9 +115,7 @@ pub enum KvMut<'a> {
 /// One layer's paged KV cache with its geometry.
 pub struct PagedKv<'a> {
     pub data: KvRef<'a>,
-    pub block_size: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
+    pub shape: KvShape,
 }
 
 /// One sequence's share of the batch.
@@ -287,12 +285,12 @@ fn attention<E: KvElem>(
     out: &mut [f32],
 ) {
     assert!(
-        geo.n_kv_heads > 0 && n_heads.is_multiple_of(geo.n_kv_heads),
+        geo.shape.n_kv_heads > 0 && n_heads.is_multiple_of(geo.shape.n_kv_heads),
         "{n_heads} heads over {} KV heads",
-        geo.n_kv_heads
+        geo.shape.n_kv_heads
     );
-    let group = n_heads / geo.n_kv_heads;
-    let tiles = plan_tiles(seqs, geo.n_kv_heads, group, pool.num_threads());
+    let group = n_heads / geo.shape.n_kv_heads;
+    let tiles = plan_tiles(seqs, geo.shape.n_kv_heads, group, pool.num_threads());
     let out = DisjointSlice::new(out);
     pool.run(tiles.len(), |i| {
         let tile = &tiles[i];
@@ -316,8 +314,9 @@ fn attend_tile<E: KvElem>(
     sc: &mut Scratch,
     out: &DisjointSlice<f32>,
 ) {
-    let (hd, bs) = (geo.head_dim, geo.block_size);
-    let group = n_heads / geo.n_kv_heads;
+    let shape = geo.shape;
+    let (hd, bs) = (shape.head_dim, shape.block_size);
+    let group = n_heads / shape.n_kv_heads;
     let first_head = tile.kvh * group + tile.h0;
     let (nt, nh) = (tile.nt, tile.nh);
     let rows = nt * nh;
@@ -326,7 +325,6 @@ fn attend_tile<E: KvElem>(
     let n_max = n0 + nt - 1;
     // Score rows are whole vectors of keys long (the scores kernel writes up to 7 past n_max).
     let stride = n_max.next_multiple_of(8);
-    let shape = KvShape { block_size: bs, n_kv_heads: geo.n_kv_heads, head_dim: hd };
 
     // Queries, row r = (token r / nh, head r % nh), rounded as the cache type wants (per element).
     sc.q.clear();
@@ -446,9 +444,9 @@ mod tests {
         softmax: fn(&mut [f32]),
         out: &mut [f32],
     ) {
-        let (hd, bs) = (geo.head_dim, geo.block_size);
-        let group = n_heads / geo.n_kv_heads;
-        let shape = KvShape { block_size: bs, n_kv_heads: geo.n_kv_heads, head_dim: hd };
+        let shape = geo.shape;
+        let (hd, bs) = (shape.head_dim, shape.block_size);
+        let group = n_heads / shape.n_kv_heads;
         for seq in seqs {
             for i in 0..seq.query_len {
                 let t = seq.query_start + i;
@@ -511,7 +509,8 @@ mod tests {
         }
 
         fn caches(&self) -> [PagedKv<'_>; 2] {
-            let geo = |data| PagedKv { data, block_size: self.bs, n_kv_heads: self.nkv, head_dim: self.hd };
+            let shape = KvShape { block_size: self.bs, n_kv_heads: self.nkv, head_dim: self.hd };
+            let geo = |data| PagedKv { data, shape };
             [geo(KvRef::F32 { k: &self.k32, v: &self.v32 }), geo(KvRef::F16 { k: &self.k16, v: &self.v16 })]
         }
 
@@ -563,7 +562,7 @@ mod tests {
         for (data, round) in cases {
             let mut want = vec![0f32; q.len()];
             dense(&q, &k, &v, n_tok, nh, nkv, hd, round, &mut want);
-            let kv = PagedKv { data, block_size: bs, n_kv_heads: nkv, head_dim: hd };
+            let kv = PagedKv { data, shape };
             let mut got = vec![0f32; 5 * nh * hd];
             paged_attention(&pool, &q[start * nh * hd..], &kv, &seqs, nh, 1.0 / (hd as f32).sqrt(), &mut got);
             for (a, b) in got.iter().zip(&want[start * nh * hd..]) {

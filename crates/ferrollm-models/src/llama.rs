@@ -258,8 +258,7 @@ impl LlamaModel {
             be.rope(&self.rope, &mut k, batch.positions, c.num_kv_heads, style);
             let shape = KvShape { block_size: kv.block_size, n_kv_heads: c.num_kv_heads, head_dim: hd };
             be.write_kv(kvl.as_mut(), &k, &v, batch.slot_mapping, shape);
-            let paged =
-                PagedKv { data: kvl.as_ref(), block_size: kv.block_size, n_kv_heads: c.num_kv_heads, head_dim: hd };
+            let paged = PagedKv { data: kvl.as_ref(), shape };
             be.paged_attention(&q, &paged, &attn_seqs, c.num_heads, scale, &mut attn);
             be.matmul(&layer.wo, &attn, n, &mut o);
             be.add_inplace(&mut x, &o);
