@@ -510,6 +510,7 @@ fn expf_ggml(x: f32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::scores::x86::Load8;
     use std::arch::x86_64::*;
 
     /// Where the kernels read rows of keys or values: contiguous f32 rows, or rows gathered in
@@ -549,29 +550,16 @@ mod x86 {
     #[derive(Clone, Copy)]
     pub struct Gather<E>(pub *const E, pub *const usize);
 
-    impl Rows8 for Gather<f32> {
+    impl<E: Load8 + super::GatherElem> Rows8 for Gather<E> {
         #[inline(always)]
         unsafe fn load8(self, p: usize, i: usize) -> __m256 {
             // SAFETY: the caller's promise.
-            unsafe { _mm256_loadu_ps(self.0.add(*self.1.add(p) + i)) }
+            unsafe { E::load8(self.0.add(*self.1.add(p) + i)) }
         }
         #[inline(always)]
         unsafe fn at(self, p: usize, i: usize) -> f32 {
             // SAFETY: the caller's promise.
-            unsafe { *self.0.add(*self.1.add(p) + i) }
-        }
-    }
-
-    impl Rows8 for Gather<u16> {
-        #[inline(always)]
-        unsafe fn load8(self, p: usize, i: usize) -> __m256 {
-            // SAFETY: the caller's promise (8 halves = 16 bytes; unaligned load).
-            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(self.0.add(*self.1.add(p) + i).cast())) }
-        }
-        #[inline(always)]
-        unsafe fn at(self, p: usize, i: usize) -> f32 {
-            // SAFETY: the caller's promise.
-            half::f16::from_bits(unsafe { *self.0.add(*self.1.add(p) + i) }).to_f32()
+            unsafe { *self.0.add(*self.1.add(p) + i) }.to_f32()
         }
     }
 

@@ -106,7 +106,8 @@ pub fn score(q: &[f32], k: impl Fn(usize) -> f32) -> f32 {
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
-    /// A cache element loaded eight at a time as f32 (f16 widened, which is exact).
+    /// A cache element loaded eight at a time as f32 (f16 widened, which is exact): the one
+    /// load that the scores kernel and the value rows of `ops` (`Gather`) both use.
     pub trait Load8: Copy {
         /// # Safety
         /// Eight elements are readable at `p`; the CPU has AVX2 and F16C.
