@@ -289,8 +289,11 @@ fn main() {
                     .collect();
                 let xs: Vec<Vec<f32>> = (0..4).map(|_| (0..cols).map(|_| rng.f32()).collect()).collect();
                 let acts: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
-                let mut out = vec![0f32; 48];
-                let t = min_time(2000, || quant::float::dot_rows(kind, &bytes, rb, &acts, &mut out));
+                let mut out = [0f32; 48];
+                let t = min_time(2000, || {
+                    let mut outs: Vec<&mut [f32]> = out.chunks_mut(12).collect();
+                    quant::float::dot_rows(kind, &bytes, rb, &acts, &mut outs)
+                });
                 println!("{kind:?} cols {cols}: {:.1} GFLOP/s", 2.0 * (12 * 4 * cols) as f64 / t / 1e9);
             }
         }

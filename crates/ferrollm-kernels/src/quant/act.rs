@@ -166,11 +166,6 @@ mod avx2 {
     }
 }
 
-/// f32 activations pass through unchanged (float and dequantize-then-dot kernels).
-pub fn copy_f32(x: &[f32], out: &mut [f32]) {
-    out.copy_from_slice(x);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,24 +46,34 @@ pub fn dot_scalar(kind: Float, row: &[u8], acts: &[&[f32]], out: &mut [f32]) {
     }
 }
 
-/// `out[r * k + t]` for every row in `bytes` (rows of `row_bytes`) and the `k = acts.len()`
-/// (1 to 4) tokens, with the fastest available code.
-pub fn dot_rows(kind: Float, bytes: &[u8], row_bytes: usize, acts: &[&[f32]], out: &mut [f32]) {
+/// `outs[t][r]` = row `r` of `bytes` (rows of `row_bytes`) · `acts[t]`, for the `k = acts.len()`
+/// (1 to 4) tokens, with the fastest available code. Outputs are token-major, as the matmul
+/// writes them, so a register tile stores its sums straight into place.
+pub fn dot_rows(kind: Float, bytes: &[u8], row_bytes: usize, acts: &[&[f32]], outs: &mut [&mut [f32]]) {
+    assert!(row_bytes > 0 && bytes.len().is_multiple_of(row_bytes));
+    let (rows, cols) = (bytes.len() / row_bytes, row_bytes / kind.bytes());
+    assert_eq!(outs.len(), acts.len(), "one output row per token");
+    for (a, o) in acts.iter().zip(outs.iter()) {
+        assert!(a.len() == cols && o.len() == rows, "dot_rows shapes");
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: AVX2, FMA and F16C were detected.
+        // SAFETY: AVX2, FMA and F16C were detected; the shapes were checked above.
         unsafe {
             match kind {
-                Float::F32 => avx2::dot_rows::<0>(bytes, row_bytes, acts, out),
-                Float::F16 => avx2::dot_rows::<1>(bytes, row_bytes, acts, out),
-                Float::BF16 => avx2::dot_rows::<2>(bytes, row_bytes, acts, out),
+                Float::F32 => avx2::dot_rows::<0>(bytes, row_bytes, acts, outs),
+                Float::F16 => avx2::dot_rows::<1>(bytes, row_bytes, acts, outs),
+                Float::BF16 => avx2::dot_rows::<2>(bytes, row_bytes, acts, outs),
             }
         }
         return;
     }
-    let k = acts.len();
-    for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(k)) {
-        dot_scalar(kind, row, acts, o);
+    let mut o = [0f32; 4];
+    for (r, row) in bytes.chunks_exact(row_bytes).enumerate() {
+        dot_scalar(kind, row, acts, &mut o[..acts.len()]);
+        for (out, v) in outs.iter_mut().zip(o) {
+            out[r] = v;
+        }
     }
 }
 
@@ -73,125 +83,137 @@ pub fn dot(kind: Float, row: &[u8], acts: &[&[f32]], out: &mut [f32]) {
         out[..acts.len()].fill(0.0);
         return;
     }
-    dot_rows(kind, row, row.len(), acts, &mut out[..acts.len()]);
+    let mut outs: Vec<&mut [f32]> = out[..acts.len()].chunks_mut(1).collect();
+    dot_rows(kind, row, row.len(), acts, &mut outs);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::x86::hsum_ps;
+    use super::super::x86::hsum4_ps;
     use super::*;
     use std::arch::x86_64::*;
 
     const KINDS: [Float; 3] = [Float::F32, Float::F16, Float::BF16];
 
-    /// `out[r * k + t]` for every row in `bytes` and the `k = acts.len()` (1 to 4) tokens.
+    /// `outs[t][r]` for every row in `bytes` and the `k = acts.len()` (1 to 4) tokens.
     ///
     /// Rows go in register tiles of `R` rows × `k` tokens (`R·k` accumulators), so each 8 decoded
     /// weights meet `k` tokens and each 8 activations meet `R` rows: prefill is then bound by the
-    /// FMA units rather than by loads and conversions. Every output is one FMA chain over its
-    /// columns in order, whatever the tile, which keeps results batch invariant: a token gets the
-    /// same bits alone or among others, and row grouping does not matter either.
+    /// FMA units rather than by loads and conversions. Every output is eight FMA chains (column
+    /// `c` in lane `c % 8`) summed as `hsum_ps` does, whatever the tile, which keeps results
+    /// batch invariant: a token gets the same bits alone or among others, and row grouping does
+    /// not matter either.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_rows<const K: usize>(bytes: &[u8], row_bytes: usize, acts: &[&[f32]], out: &mut [f32]) {
+    pub unsafe fn dot_rows<const K: usize>(bytes: &[u8], row_bytes: usize, acts: &[&[f32]], outs: &mut [&mut [f32]]) {
         // Tiles of at most 12 accumulators; a lone token takes 4 rows to hide the FMA latency.
         match acts.len() {
-            1 => tiles::<K, 4, 1>(bytes, row_bytes, acts, out),
-            2 => tiles::<K, 4, 2>(bytes, row_bytes, acts, out),
-            3 => tiles::<K, 4, 3>(bytes, row_bytes, acts, out),
-            4 => tiles::<K, 3, 4>(bytes, row_bytes, acts, out),
+            1 => tiles::<K, 4, 1>(bytes, row_bytes, acts, outs),
+            2 => tiles::<K, 4, 2>(bytes, row_bytes, acts, outs),
+            3 => tiles::<K, 4, 3>(bytes, row_bytes, acts, outs),
+            4 => tiles::<K, 3, 4>(bytes, row_bytes, acts, outs),
             n => panic!("token tile of {n}"),
         }
     }
 
-    /// Whole tiles of `R` rows, then the remaining rows one at a time.
+    /// Whole tiles of `R` rows, then the remaining rows in pairs and one at a time.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn tiles<const K: usize, const R: usize, const T: usize>(
         bytes: &[u8],
         row_bytes: usize,
         acts: &[&[f32]],
-        out: &mut [f32],
+        outs: &mut [&mut [f32]],
     ) {
         let acts: &[&[f32]; T] = acts.try_into().expect("token tile width");
         let cols = row_bytes / KINDS[K].bytes();
-        for a in acts {
-            assert_eq!(a.len(), cols);
-        }
-        assert!(row_bytes > 0 && bytes.len().is_multiple_of(row_bytes));
         let rows = bytes.len() / row_bytes;
-        assert_eq!(out.len(), rows * T);
         let mut r = 0;
         while r < rows {
-            let (rs, os) = (&bytes[r * row_bytes..], &mut out[r * T..]);
+            let rs = &bytes[r * row_bytes..];
             // Leftover rows in pairs: a single row's one chain per token would wait on each FMA.
             r += match rows - r {
-                n if n >= R => tile::<K, R, T>(&rs[..R * row_bytes], cols, acts, &mut os[..R * T]),
-                n if n >= 2 => tile::<K, 2, T>(&rs[..2 * row_bytes], cols, acts, &mut os[..2 * T]),
-                _ => tile::<K, 1, T>(&rs[..row_bytes], cols, acts, &mut os[..T]),
+                n if n >= R => tile::<K, R, T>(rs, cols, acts, outs, r),
+                n if n >= 2 => tile::<K, 2, T>(rs, cols, acts, outs, r),
+                _ => tile::<K, 1, T>(rs, cols, acts, outs, r),
             };
         }
     }
 
-    /// Eight weights from `row` starting at element `i`, as f32.
+    /// Eight weights at `p`, as f32.
+    ///
+    /// # Safety
+    /// `p` must point at 8 readable elements of the kind (32 bytes for f32, 16 otherwise).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn load8<const K: usize>(row: &[u8], i: usize) -> __m256 {
-        let kind = KINDS[K];
-        let bytes = &row[i * kind.bytes()..(i + 8) * kind.bytes()];
-        // SAFETY: `bytes` holds exactly the 32 (f32) or 16 (f16, bf16) bytes read; unaligned loads.
+    unsafe fn load8<const K: usize>(p: *const u8) -> __m256 {
+        // SAFETY: the caller's promise; unaligned loads.
         unsafe {
-            match kind {
-                Float::F32 => _mm256_loadu_ps(bytes.as_ptr().cast()),
-                Float::F16 => _mm256_cvtph_ps(_mm_loadu_si128(bytes.as_ptr().cast())),
+            match KINDS[K] {
+                Float::F32 => _mm256_loadu_ps(p.cast()),
+                Float::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
                 Float::BF16 => {
-                    let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(bytes.as_ptr().cast()));
+                    let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
                     _mm256_castsi256_ps(_mm256_slli_epi32(h, 16))
                 }
             }
         }
     }
 
-    /// `R` consecutive rows (`cols` weights each) against `T` activation rows; returns `R`.
+    /// `R` consecutive rows (`cols` weights each, at the start of `rows`) against `T` activation
+    /// rows, written to `outs[t][r0..r0 + R]`; returns `R`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn tile<const K: usize, const R: usize, const T: usize>(
         rows: &[u8],
         cols: usize,
         acts: &[&[f32]; T],
-        out: &mut [f32],
+        outs: &mut [&mut [f32]],
+        r0: usize,
     ) -> usize {
         let kind = KINDS[K];
-        let rb = cols * kind.bytes();
+        let (eb, rb) = (kind.bytes(), cols * kind.bytes());
+        assert!(rows.len() >= R * rb && acts.iter().all(|a| a.len() >= cols));
+        let w: [*const u8; R] = std::array::from_fn(|r| rows[r * rb..].as_ptr());
+        let x: [*const f32; T] = std::array::from_fn(|t| acts[t].as_ptr());
         let mut acc = [[_mm256_setzero_ps(); T]; R];
         let main = cols / 8 * 8;
-        for i in (0..main).step_by(8) {
-            if T == 1 && (i * kind.bytes()).is_multiple_of(64) {
+        let mut i = 0;
+        while i < main {
+            if T == 1 && (i * eb).is_multiple_of(64) {
                 // A lone token streams R rows at once, more streams than the hardware prefetcher
                 // follows well with both threads reading: fetch the next tile's line ahead.
                 for r in 0..R {
-                    let ahead = rows.as_ptr().wrapping_add((R + r) * rb + i * kind.bytes());
+                    let ahead = rows.as_ptr().wrapping_add((R + r) * rb + i * eb);
                     // A prefetch is only a hint: it never faults, whatever the address.
                     _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
                 }
             }
-            let w: [__m256; R] = std::array::from_fn(|r| load8::<K>(&rows[r * rb..(r + 1) * rb], i));
+            // SAFETY: i + 8 <= main <= cols, and every row holds `cols` elements (asserted).
+            let wv: [__m256; R] = std::array::from_fn(|r| unsafe { load8::<K>(w[r].add(i * eb)) });
             for t in 0..T {
-                let x = &acts[t][i..i + 8];
-                // SAFETY: `x` is 8 f32s; unaligned load.
-                let xv = unsafe { _mm256_loadu_ps(x.as_ptr()) };
+                // SAFETY: as above; each act row holds at least `cols` f32s (asserted).
+                let xv = unsafe { _mm256_loadu_ps(x[t].add(i)) };
                 for r in 0..R {
-                    acc[r][t] = _mm256_fmadd_ps(w[r], xv, acc[r][t]);
+                    acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
                 }
             }
+            i += 8;
         }
-        for r in 0..R {
-            let row = &rows[r * rb..(r + 1) * rb];
-            for t in 0..T {
-                out[r * T + t] = hsum_ps(acc[r][t]) + (main..cols).map(|i| kind.get(row, i) * acts[t][i]).sum::<f32>();
+        for t in 0..T {
+            let v: [__m256; 4] = std::array::from_fn(|r| if r < R { acc[r][t] } else { _mm256_setzero_ps() });
+            let mut sums = [0f32; 4];
+            // SAFETY: `sums` holds 4 f32s; unaligned store.
+            unsafe { _mm_storeu_ps(sums.as_mut_ptr(), hsum4_ps(v)) };
+            if main < cols {
+                for (r, s) in sums[..R].iter_mut().enumerate() {
+                    let row = &rows[r * rb..(r + 1) * rb];
+                    *s += (main..cols).map(|i| kind.get(row, i) * acts[t][i]).sum::<f32>();
+                }
             }
+            outs[t][r0..r0 + R].copy_from_slice(&sums[..R]);
         }
         R
     }

@@ -60,7 +60,6 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
     }
     let q8a = act::quantize_q8a as fn(&[f32], &mut [BlockQ8A]);
     let q8k = act::quantize_q8k as fn(&[f32], &mut [BlockQ8K]);
-    let f32a = act::copy_f32 as fn(&[f32], &mut [f32]);
     if w0.layout() == Layout::Interleaved8 {
         match w0.dtype {
             DType::Q4_0 => run_x8::<x8::X8Q4_0>(pool, ws, x, n, outs),
@@ -73,9 +72,9 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
         return;
     }
     match w0.dtype {
-        DType::F32 => run(pool, ws, x, n, outs, 1, f32a, |b, rb, a, o| float::dot_rows(Float::F32, b, rb, a, o)),
-        DType::F16 => run(pool, ws, x, n, outs, 1, f32a, |b, rb, a, o| float::dot_rows(Float::F16, b, rb, a, o)),
-        DType::BF16 => run(pool, ws, x, n, outs, 1, f32a, |b, rb, a, o| float::dot_rows(Float::BF16, b, rb, a, o)),
+        DType::F32 => run_float(pool, ws, x, n, outs, Float::F32),
+        DType::F16 => run_float(pool, ws, x, n, outs, Float::F16),
+        DType::BF16 => run_float(pool, ws, x, n, outs, Float::BF16),
         DType::Q4_0 => run(pool, ws, x, n, outs, 32, q8a, block32::dot_rows::<q4_0::BlockQ4_0>),
         DType::Q4_1 => run(pool, ws, x, n, outs, 32, q8a, block32::dot_rows::<q4_1::BlockQ4_1>),
         DType::Q5_0 => run(pool, ws, x, n, outs, 32, q8a, block32::dot_rows::<q5_0::BlockQ5_0>),
@@ -141,6 +140,40 @@ fn run<A, D>(
                             *v = tmp[i * k + j];
                         }
                     }
+                }
+            }
+        }
+    });
+}
+
+/// [`run`] for float weights: the activations are used as they are, and the kernels write each
+/// token's outputs in place rather than through a row-major scratch tile.
+fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]], kind: Float) {
+    let cols = ws[0].cols;
+    let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 4);
+    let rb = ws[0].row_bytes();
+    let sub = if n <= TILE { chunk } else { round_down((WEIGHT_BLOCK_BYTES / rb).max(12), 12).clamp(1, chunk) };
+    let token_block = token_block(cols * std::mem::size_of::<f32>());
+    let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
+    pool.run(tasks.len(), |task| {
+        let (m, r0, r1) = tasks[task];
+        let (weights, rows, out) = (ws[m].bytes(), ws[m].rows, &outs[m]);
+        for tb in (0..n).step_by(token_block) {
+            let tb_end = (tb + token_block).min(n);
+            for s0 in (r0..r1).step_by(sub) {
+                let s1 = (s0 + sub).min(r1);
+                let bytes = &weights[s0 * rb..s1 * rb];
+                for t in (tb..tb_end).step_by(TILE) {
+                    let k = (tb_end - t).min(TILE);
+                    let a: [&[f32]; TILE] = std::array::from_fn(|j| &x[(t + j.min(k - 1)) * cols..][..cols]);
+                    let mut o: [&mut [f32]; TILE] = std::array::from_fn(|j| match j < k {
+                        // SAFETY: this task alone computes rows r0..r1 (so s0..s1) of matrix m for
+                        // every token; the runs `(t + j)·rows + s0..s1` of distinct tokens are
+                        // disjoint and borrowed only for this call.
+                        true => unsafe { out.part((t + j) * rows + s0, s1 - s0) },
+                        false => &mut [],
+                    });
+                    float::dot_rows(kind, bytes, rb, &a[..k], &mut o[..k]);
                 }
             }
         }
