@@ -109,10 +109,12 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rows<const K: usize>(bytes: &[u8], row_bytes: usize, acts: &[&[f32]], outs: &mut [&mut [f32]]) {
         // Tiles of at most 12 accumulators; a lone token takes 4 rows to hide the FMA latency.
+        // Three tokens take 3 rows: 4 would need 12 accumulators and 4 weight registers, and
+        // the spills halve the kernel's speed.
         match acts.len() {
             1 => tiles::<K, 4, 1>(bytes, row_bytes, acts, outs),
             2 => tiles::<K, 4, 2>(bytes, row_bytes, acts, outs),
-            3 => tiles::<K, 4, 3>(bytes, row_bytes, acts, outs),
+            3 => tiles::<K, 3, 3>(bytes, row_bytes, acts, outs),
             4 => tiles::<K, 3, 4>(bytes, row_bytes, acts, outs),
             n => panic!("token tile of {n}"),
         }
