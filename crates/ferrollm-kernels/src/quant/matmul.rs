@@ -67,6 +67,8 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
             DType::Q5_0 => run_x8::<x8::X8Q5_0>(pool, ws, x, n, outs),
             DType::Q5_1 => run_x8::<x8::X8Q5_1>(pool, ws, x, n, outs),
             DType::Q8_0 => run_x8::<super::x8q8::X8Q8_0>(pool, ws, x, n, outs),
+            DType::Q4K => run_x8::<super::x8q4k::X8Q4K>(pool, ws, x, n, outs),
+            DType::Q6K => run_x8::<super::x8q6k::X8Q6K>(pool, ws, x, n, outs),
             other => unreachable!("{} has no interleaved layout", other.name()),
         }
         return;
@@ -185,11 +187,11 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
 /// token of the block, four per kernel call, writing eight outputs per token directly.
 fn run_x8<B: Interleaved>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
     let cols = ws[0].cols;
-    let apr = cols / 32;
-    let acts = quantize_acts(pool, x, n, cols, apr, act::quantize_q8a);
+    let apr = cols / B::ACT_ELEMS;
+    let acts = quantize_acts(pool, x, n, cols, apr, B::quantize_acts);
     let group_bytes = apr * B::BYTES;
     let (_, tasks) = split(pool, ws.iter().map(|w| w.rows / x8::ROWS), 1);
-    let token_block = token_block(apr * std::mem::size_of::<BlockQ8A>());
+    let token_block = token_block(apr * std::mem::size_of::<B::Act>());
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
         let (m, g0, g1) = tasks[task];
@@ -201,7 +203,7 @@ fn run_x8<B: Interleaved>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usiz
                 let blocks: &[B] = super::common::as_blocks(&weights[g * group_bytes..][..group_bytes]);
                 for t in (tb..tb_end).step_by(TILE) {
                     let k = (tb_end - t).min(TILE);
-                    let a: [&[BlockQ8A]; TILE] = std::array::from_fn(|j| &acts[(t + j.min(k - 1)) * apr..][..apr]);
+                    let a: [&[B::Act]; TILE] = std::array::from_fn(|j| &acts[(t + j.min(k - 1)) * apr..][..apr]);
                     B::dot_group(blocks, &a[..k], &mut tile[..k]);
                     for (j, row) in tile[..k].iter().enumerate() {
                         // SAFETY: this task alone computes groups g0..g1 (rows 8·g0..8·g1) of

@@ -92,14 +92,27 @@ fn element(s: usize, i: usize) -> usize {
 
 /// An interleaved layout and its kernels, for the matmul driver and row lookups.
 pub trait Interleaved: Block {
+    /// The activation blocks the kernels take, one per block of a row.
+    type Act: Copy + Default + Send + Sync;
+    /// Columns per activation block (and per row in one interleaved block).
+    const ACT_ELEMS: usize;
+    /// Quantizes one token's activations (`ACT_ELEMS` per output block).
+    fn quantize_acts(x: &[f32], out: &mut [Self::Act]);
     /// `out[t][r]` = row `r` of the group · `acts[t]`, for the group's blocks (one per column
     /// position) and 1 to 4 tokens; bit-identical however many tokens come at once.
-    fn dot_group(blocks: &[Self], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]);
+    fn dot_group(blocks: &[Self], acts: &[&[Self::Act]], out: &mut [[f32; ROWS]]);
     /// Row `r` (0..8) of the group, dequantized into `out` (32 per block).
     fn dequantize_row(blocks: &[Self], r: usize, out: &mut [f32]);
 }
 
 impl<const MB: usize, const HB: usize> Interleaved for BlockX8<MB, HB> {
+    type Act = BlockQ8A;
+    const ACT_ELEMS: usize = 32;
+
+    fn quantize_acts(x: &[f32], out: &mut [BlockQ8A]) {
+        super::act::quantize_q8a(x, out)
+    }
+
     fn dot_group(blocks: &[Self], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
         dot_group(blocks, acts, out)
     }
@@ -210,6 +223,8 @@ pub fn dequantize_row(dtype: DType, group: &[u8], r: usize, out: &mut [f32]) {
         DType::Q5_0 => row::<X8Q5_0>(group, r, out),
         DType::Q5_1 => row::<X8Q5_1>(group, r, out),
         DType::Q8_0 => row::<super::x8q8::X8Q8_0>(group, r, out),
+        DType::Q4K => row::<super::x8q4k::X8Q4K>(group, r, out),
+        DType::Q6K => row::<super::x8q6k::X8Q6K>(group, r, out),
         other => panic!("{} has no interleaved layout", other.name()),
     }
 }

@@ -1,0 +1,351 @@
+//! Q4_K weights interleaved eight rows at a time: the [`super::x8`] scheme for the 256-weight
+//! super-blocks with 6-bit sub-block scales and mins, in the same 1,152 bytes as eight GGUF
+//! blocks. Q4_K_M files store most matrices this way (all of a Llama's, Qwen2.5's `ffn_down`).
+//!
+//! A 32-byte load holds four quants of each of eight rows; `maddubs` against four broadcast
+//! activation bytes gives all eight rows' partial sums of a 32-weight sub-block, kept in i16
+//! for its eight steps. The sub-block scale is applied by the widening `madd` (its operand is
+//! the row's scale instead of 1), so the integer sum `Σ_j sc_j·Σ q·a` per row is exact, as is
+//! the min term `Σ_j m_j·bsum_j`. Each output is then
+//! `acc = fma(isum, d·da, acc); acc = fma(−msum, dmin·da, acc)` super-block after super-block,
+//! whatever the number of tokens, in the scalar path too: bit-identical across paths and
+//! batch shapes.
+//!
+//! The 96 bytes of 6-bit scales and mins are re-laid so that a few masks and shifts unpack all
+//! 128 of them into two registers per kind, and one `pshufb` then spreads a sub-block's eight
+//! scales over the rows' lanes (see [`X8Q4K`]).
+
+use super::act::{self, BlockQ8K};
+use super::common::{has_avx2, Block};
+use super::kquant::{pack_scale_min_k4, scale_min_k4, KBlock};
+use super::q4_k::BlockQ4K;
+use super::x8::{Interleaved, ROWS};
+
+/// One super-block position (256 weights) of eight rows.
+///
+/// `qs`: chunk `c` (0..4, sub-blocks `2c` and `2c + 1`) is the 256 bytes at `256c`; its step `s`
+/// (0..8) is the 32 bytes at `256c + 32s`, byte `4r + i` row `r`'s GGUF `qs[32c + 4s + i]`: low
+/// nibble element `64c + 4s + i`, high nibble element `64c + 32 + 4s + i`.
+///
+/// Scales and mins (6 bits each, 64 of each): value `(j, r)` (sub-block `j`, row `r`) has slot
+/// `k = 16·(r / 4) + 4·(j % 4) + r % 4` in half `h = j / 4`. `scl[k]` holds the low 4 bits of
+/// the scale of half 0 (low nibble) and half 1 (high nibble), `ml[k]` the same for mins, and
+/// `sh[k]` the high 2 bits: half-0 scale in bits 0-1, half-1 scale 2-3, half-0 min 4-5, half-1
+/// min 6-7. Unpacked, a half is one register whose 128-bit lane `L` holds rows `4L..4L + 4`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct X8Q4K {
+    pub d: [u8; 16],
+    pub dmin: [u8; 16],
+    pub scl: [u8; 32],
+    pub ml: [u8; 32],
+    pub sh: [u8; 32],
+    pub qs: [u8; 1024],
+}
+assert_block!(X8Q4K, 1152);
+
+// SAFETY: repr(C) byte arrays only: alignment 1, no padding, any bit pattern is valid.
+unsafe impl Block for X8Q4K {
+    const BYTES: usize = 1152;
+    const ELEMS: usize = 256 * ROWS;
+}
+
+/// Half and slot of scale `(j, r)`; see [`X8Q4K`].
+fn slot(j: usize, r: usize) -> (usize, usize) {
+    (j / 4, 16 * (r / 4) + 4 * (j % 4) + r % 4)
+}
+
+impl X8Q4K {
+    /// Packs one super-block of each of eight rows.
+    pub fn pack(rows: [&BlockQ4K; ROWS]) -> Self {
+        let mut out = X8Q4K { d: [0; 16], dmin: [0; 16], scl: [0; 32], ml: [0; 32], sh: [0; 32], qs: [0; 1024] };
+        for (r, w) in rows.iter().enumerate() {
+            out.d[2 * r..2 * r + 2].copy_from_slice(&w.d);
+            out.dmin[2 * r..2 * r + 2].copy_from_slice(&w.dmin);
+            for j in 0..8 {
+                let (sc, m) = scale_min_k4(j, &w.scales);
+                let (h, k) = slot(j, r);
+                out.scl[k] |= (sc & 0x0F) << (4 * h);
+                out.ml[k] |= (m & 0x0F) << (4 * h);
+                out.sh[k] |= (sc >> 4) << (2 * h) | (m >> 4) << (4 + 2 * h);
+            }
+            for c in 0..4 {
+                for l in 0..32 {
+                    out.qs[256 * c + 32 * (l / 4) + 4 * r + l % 4] = w.qs[32 * c + l];
+                }
+            }
+        }
+        out
+    }
+
+    /// Row `r` (0..8) as the GGUF block it was packed from.
+    pub fn row(&self, r: usize) -> BlockQ4K {
+        let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
+        for j in 0..8 {
+            let (h, k) = slot(j, r);
+            sc[j] = (self.scl[k] >> (4 * h)) & 0x0F | ((self.sh[k] >> (2 * h)) & 3) << 4;
+            m[j] = (self.ml[k] >> (4 * h)) & 0x0F | ((self.sh[k] >> (4 + 2 * h)) & 3) << 4;
+        }
+        let mut qs = [0u8; 128];
+        for c in 0..4 {
+            for l in 0..32 {
+                qs[32 * c + l] = self.qs[256 * c + 32 * (l / 4) + 4 * r + l % 4];
+            }
+        }
+        BlockQ4K {
+            d: [self.d[2 * r], self.d[2 * r + 1]],
+            dmin: [self.dmin[2 * r], self.dmin[2 * r + 1]],
+            scales: pack_scale_min_k4(&sc, &m),
+            qs,
+        }
+    }
+}
+
+/// Interleaves a row-major Q4_K matrix (`rows` a multiple of 8); layout as in [`super::x8::interleave`].
+pub fn interleave(bytes: &[u8], rows: usize) -> Vec<u8> {
+    super::x8::interleave_with(bytes, rows, X8Q4K::pack)
+}
+
+/// Scalar reference of [`Interleaved::dot_group`], bit-identical to the AVX2 path.
+pub fn dot_group_scalar(blocks: &[X8Q4K], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
+    for (a, o) in acts.iter().zip(out.iter_mut()) {
+        assert_eq!(a.len(), blocks.len());
+        *o = [0f32; ROWS];
+        for (blk, ab) in blocks.iter().zip(a.iter()) {
+            for (r, acc) in o.iter_mut().enumerate() {
+                let u = blk.row(r).unpack();
+                let (mut isum, mut msum) = (0i32, 0i32);
+                for j in 0..8 {
+                    let s: i32 = (32 * j..32 * j + 32).map(|e| u.q[e] as i32 * ab.qs[e] as i32).sum();
+                    isum += u.sc[2 * j] * s;
+                    msum += u.m[2 * j] * (ab.bsums[2 * j] as i32 + ab.bsums[2 * j + 1] as i32);
+                }
+                *acc = (isum as f32).mul_add(u.d * ab.d, *acc);
+                *acc = (-(msum as f32)).mul_add(u.dmin * ab.d, *acc);
+            }
+        }
+    }
+}
+
+impl Interleaved for X8Q4K {
+    type Act = BlockQ8K;
+    const ACT_ELEMS: usize = 256;
+
+    fn quantize_acts(x: &[f32], out: &mut [BlockQ8K]) {
+        act::quantize_q8k(x, out)
+    }
+
+    fn dot_group(blocks: &[Self], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: AVX2, FMA and F16C were detected.
+            unsafe { avx2::dot_group(blocks, acts, out) };
+            return;
+        }
+        dot_group_scalar(blocks, acts, out)
+    }
+
+    fn dequantize_row(blocks: &[Self], r: usize, out: &mut [f32]) {
+        for (b, y) in blocks.iter().zip(out.chunks_exact_mut(256)) {
+            super::kquant::dequantize_row(&[b.row(r)], y);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::super::x86::store_rows8;
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_group(blocks: &[X8Q4K], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
+        for a in acts {
+            assert_eq!(a.len(), blocks.len());
+        }
+        assert!(out.len() >= acts.len());
+        match acts.len() {
+            1 => store_rows8(dot_blocks::<1>(blocks, acts.try_into().unwrap()), out),
+            2 => store_rows8(dot_blocks::<2>(blocks, acts.try_into().unwrap()), out),
+            3 => store_rows8(dot_blocks::<3>(blocks, acts.try_into().unwrap()), out),
+            4 => store_rows8(dot_blocks::<4>(blocks, acts.try_into().unwrap()), out),
+            n => panic!("token tile of {n}"),
+        }
+    }
+
+    /// Four activation bytes starting at element `e`, in every 32-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn broadcast4(qs: &[i8; 256], e: usize) -> __m256i {
+        let b: [i8; 4] = qs[e..e + 4].try_into().unwrap();
+        _mm256_set1_epi32(i32::from_le_bytes(b.map(|x| x as u8)))
+    }
+
+    /// `pshufb` control that spreads bytes `4q + r'` of each 128-bit lane (`r'` 0..4) over the
+    /// lane's four rows as i16 pairs: `(a, b)` for the two bytes `4·qa + r'`, `4·qb + r'`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn pairs(qa: i8, qb: i8) -> __m256i {
+        let z = -128i8; // high bit set: pshufb writes zero
+        let lane: [i8; 16] = std::array::from_fn(|i| match i % 4 {
+            0 => 4 * qa + (i / 4) as i8,
+            2 => 4 * qb + (i / 4) as i8,
+            _ => z,
+        });
+        // SAFETY: `lane` is 16 readable bytes; unaligned load.
+        _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lane.as_ptr().cast()) })
+    }
+
+    /// Eight rows' accumulators per token, lane `r` for row `r`.
+    ///
+    /// Integer sums: a `maddubs` lane adds two products of a quant (below 16) and an activation
+    /// byte (|a| ≤ 127, see [`super::super::act`]); a sub-block's eight steps stay within
+    /// 16·15·127 = 30,480 < 32,767 in i16. The scale `madd` gives at most 2·30,480·63 per
+    /// sub-block, 31 M over eight: i32 holds it. Mins: `bsum` pairs below 32·127 times mins
+    /// below 64.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_blocks<const T: usize>(blocks: &[X8Q4K], acts: &[&[BlockQ8K]; T]) -> [__m256; T] {
+        let nib = _mm256_set1_epi8(0x0F);
+        let top = _mm256_set1_epi8(0x30);
+        // Sub-block `4h + q`'s scale in both halves of its rows' i16 pairs; min pairs (j, j + 1).
+        let scale_ctl: [__m256i; 4] = std::array::from_fn(|q| pairs(q as i8, q as i8));
+        let min_ctl = [pairs(0, 1), pairs(2, 3)];
+        let mut acc = [_mm256_setzero_ps(); T];
+        for (b, blk) in blocks.iter().enumerate() {
+            // SAFETY: each field read is 16 or 32 readable bytes; unaligned loads.
+            let (dw, dminw, scl, ml, sh) = unsafe {
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(blk.d.as_ptr().cast())),
+                    _mm256_cvtph_ps(_mm_loadu_si128(blk.dmin.as_ptr().cast())),
+                    _mm256_loadu_si256(blk.scl.as_ptr().cast()),
+                    _mm256_loadu_si256(blk.ml.as_ptr().cast()),
+                    _mm256_loadu_si256(blk.sh.as_ptr().cast()),
+                )
+            };
+            // The 16-bit shifts carry bits across bytes only into bits the masks clear.
+            let sc = [
+                _mm256_or_si256(_mm256_and_si256(scl, nib), _mm256_and_si256(_mm256_slli_epi16(sh, 4), top)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(scl, 4), nib),
+                    _mm256_and_si256(_mm256_slli_epi16(sh, 2), top),
+                ),
+            ];
+            let mins = [
+                _mm256_or_si256(_mm256_and_si256(ml, nib), _mm256_and_si256(sh, top)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ml, 4), nib),
+                    _mm256_and_si256(_mm256_srli_epi16(sh, 2), top),
+                ),
+            ];
+            let mut isum = [_mm256_setzero_si256(); T];
+            for j in 0..8 {
+                let (c, h) = (j / 2, j % 2);
+                let mut s16 = [_mm256_setzero_si256(); T];
+                for s in 0..8 {
+                    // SAFETY: step `s` of chunk `c` is 32 readable bytes of `qs`; unaligned load.
+                    let v = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(256 * c + 32 * s).cast()) };
+                    let w =
+                        if h == 0 { _mm256_and_si256(v, nib) } else { _mm256_and_si256(_mm256_srli_epi16(v, 4), nib) };
+                    let e = 32 * j + 4 * s;
+                    for t in 0..T {
+                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, broadcast4(&acts[t][b].qs, e)));
+                    }
+                }
+                let scv = _mm256_shuffle_epi8(sc[j / 4], scale_ctl[j % 4]);
+                for t in 0..T {
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], scv));
+                }
+            }
+            let mpair: [__m256i; 4] = std::array::from_fn(|p| _mm256_shuffle_epi8(mins[p / 2], min_ctl[p % 2]));
+            for t in 0..T {
+                let ab = &acts[t][b];
+                // SAFETY: `bsums` is 32 readable bytes; unaligned load.
+                let bs = unsafe { _mm256_loadu_si256(ab.bsums.as_ptr().cast()) };
+                // Sub-block sums: i16 lanes 0..4 (sub-blocks 0..4) and 8..12 (4..8); as i32
+                // lanes 0, 1, 4, 5 they are the pairs (0, 1), (2, 3), (4, 5), (6, 7).
+                let bs = _mm256_hadd_epi16(bs, bs);
+                let mut msum = _mm256_setzero_si256();
+                for (p, lane) in [0, 1, 4, 5].into_iter().enumerate() {
+                    let bp = _mm256_permutevar8x32_epi32(bs, _mm256_set1_epi32(lane));
+                    msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mpair[p], bp));
+                }
+                let da = _mm256_set1_ps(ab.d);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, da), acc[t]);
+                acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dminw, da), acc[t]);
+            }
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::common::{as_blocks, block_bytes, f32_to_f16};
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Random Q4_K rows: every byte random (so every 6-bit scale and min and every nibble
+    /// occurs), with sane f16 scales.
+    fn random_rows(rng: &mut StdRng, rows: usize, per_row: usize) -> Vec<u8> {
+        let mut bytes: Vec<u8> = (0..rows * per_row * 144).map(|_| rng.gen()).collect();
+        for blk in bytes.chunks_exact_mut(144) {
+            blk[..2].copy_from_slice(&f32_to_f16(rng.gen_range(-0.01..0.01)));
+            blk[2..4].copy_from_slice(&f32_to_f16(rng.gen_range(0.0..0.01)));
+        }
+        bytes
+    }
+
+    fn random_acts(rng: &mut StdRng, tokens: usize, blocks: usize) -> Vec<Vec<BlockQ8K>> {
+        (0..tokens)
+            .map(|_| {
+                let x: Vec<f32> = (0..256 * blocks).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                let mut a = vec![BlockQ8K::default(); blocks];
+                act::quantize_q8k(&x, &mut a);
+                a
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packs_and_matches_the_row_kernel_bit_for_bit_across_tiles() {
+        let mut rng = StdRng::seed_from_u64(13);
+        for per_row in [1usize, 3, 19] {
+            let rows = 16;
+            let bytes = random_rows(&mut rng, rows, per_row);
+            let src: &[BlockQ4K] = as_blocks(&bytes);
+            let packed = interleave(&bytes, rows);
+            assert_eq!(packed.len(), bytes.len(), "same bytes as the row layout");
+            let x8: &[X8Q4K] = as_blocks(&packed);
+            let xs = random_acts(&mut rng, 4, per_row);
+            let acts: Vec<&[BlockQ8K]> = xs.iter().map(|a| a.as_slice()).collect();
+            for g in 0..rows / ROWS {
+                let group = &x8[g * per_row..(g + 1) * per_row];
+                let mut want = [[0f32; ROWS]; 4];
+                dot_group_scalar(group, &acts, &mut want);
+                for r in 0..ROWS {
+                    let row = &src[(g * ROWS + r) * per_row..(g * ROWS + r + 1) * per_row];
+                    for (b, blk) in row.iter().enumerate() {
+                        // Scales and mins round-trip through the 6-bit re-layout; so does `qs`.
+                        let back = group[b].row(r);
+                        assert_eq!(block_bytes(&[back]), block_bytes(std::slice::from_ref(blk)));
+                    }
+                    let mut reference = [0f32; 4];
+                    super::super::kquant::dot_scalar(row, &acts, &mut reference);
+                    for t in 0..4 {
+                        let tol = 1e-4 * (1.0 + reference[t].abs());
+                        assert!((want[t][r] - reference[t]).abs() <= tol, "{} vs {}", want[t][r], reference[t]);
+                    }
+                }
+                for k in 1..=4 {
+                    let mut got = [[0f32; ROWS]; 4];
+                    X8Q4K::dot_group(group, &acts[..k], &mut got);
+                    assert_eq!(got[..k], want[..k], "{k} tokens: fast path is not bit-identical to the scalar one");
+                }
+            }
+        }
+    }
+}
