@@ -96,7 +96,7 @@ impl QMatrix {
     }
 
     /// The same matrix in the layout its matmul kernels read fastest: eight rows interleaved
-    /// for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K when the rows split into groups of eight; unchanged
+    /// for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K when the rows split into groups of eight; unchanged
     /// otherwise. Costs one pass over the weights at load time and the same bytes of memory: the
     /// source range is [released](Bytes::release), so a file mapping's pages leave the resident
     /// set (an embedding that shares them faults back in only the rows it reads).
@@ -116,7 +116,8 @@ impl QMatrix {
             DType::Q5_0 => x8::interleave::<quant::q5_0::BlockQ5_0, 0, 32>(b, r),
             DType::Q5_1 => x8::interleave::<quant::q5_1::BlockQ5_1, 16, 32>(b, r),
             DType::Q8_0 => quant::x8q8::interleave(b, r),
-            DType::Q4K => quant::x8q4k::interleave(b, r),
+            DType::Q4K => quant::x8q45k::interleave::<quant::q4_k::BlockQ4K, 0>(b, r),
+            DType::Q5K => quant::x8q45k::interleave::<quant::q5_k::BlockQ5K, 256>(b, r),
             DType::Q6K => quant::x8q6k::interleave(b, r),
             _ => return self,
         };

@@ -67,7 +67,8 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
             DType::Q5_0 => run_x8::<x8::X8Q5_0>(pool, ws, x, n, outs),
             DType::Q5_1 => run_x8::<x8::X8Q5_1>(pool, ws, x, n, outs),
             DType::Q8_0 => run_x8::<super::x8q8::X8Q8_0>(pool, ws, x, n, outs),
-            DType::Q4K => run_x8::<super::x8q4k::X8Q4K>(pool, ws, x, n, outs),
+            DType::Q4K => run_x8::<super::x8q45k::X8Q4K>(pool, ws, x, n, outs),
+            DType::Q5K => run_x8::<super::x8q45k::X8Q5K>(pool, ws, x, n, outs),
             DType::Q6K => run_x8::<super::x8q6k::X8Q6K>(pool, ws, x, n, outs),
             other => unreachable!("{} has no interleaved layout", other.name()),
         }

@@ -45,7 +45,7 @@ mod tests;
 pub mod x8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
-pub mod x8q4k;
+pub mod x8q45k;
 pub mod x8q6k;
 pub mod x8q8;
 

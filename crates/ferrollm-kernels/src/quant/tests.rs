@@ -343,7 +343,7 @@ fn matmul_many_equals_separate_matmuls() {
 fn interleaved_matmul_matches_rows_and_is_batch_invariant() {
     let mut rng = StdRng::seed_from_u64(7);
     let (one, two) = (ThreadPool::new(1), ThreadPool::new(2));
-    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4K, DType::Q6K] {
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4K, DType::Q5K, DType::Q6K] {
         let shapes: &[(usize, usize)] = match dtype.block_size() {
             256 => &[(8, 256), (64, 1536), (136, 768)],
             _ => &[(8, 32), (64, 576), (136, 160)],

@@ -223,7 +223,8 @@ pub fn dequantize_row(dtype: DType, group: &[u8], r: usize, out: &mut [f32]) {
         DType::Q5_0 => row::<X8Q5_0>(group, r, out),
         DType::Q5_1 => row::<X8Q5_1>(group, r, out),
         DType::Q8_0 => row::<super::x8q8::X8Q8_0>(group, r, out),
-        DType::Q4K => row::<super::x8q4k::X8Q4K>(group, r, out),
+        DType::Q4K => row::<super::x8q45k::X8Q4K>(group, r, out),
+        DType::Q5K => row::<super::x8q45k::X8Q5K>(group, r, out),
         DType::Q6K => row::<super::x8q6k::X8Q6K>(group, r, out),
         other => panic!("{} has no interleaved layout", other.name()),
     }

@@ -1,31 +1,35 @@
-//! Q4_K weights interleaved eight rows at a time: the [`super::x8`] scheme for the 256-weight
-//! super-blocks with 6-bit sub-block scales and mins, in the same 1,152 bytes as eight GGUF
-//! blocks. Q4_K_M files store most matrices this way (all of a Llama's, Qwen2.5's `ffn_down`).
+//! Q4_K and Q5_K weights interleaved eight rows at a time: the [`super::x8`] scheme for the
+//! 256-weight super-blocks with 6-bit sub-block scales and mins, in the same bytes as eight GGUF
+//! blocks (1,152 and 1,408). Q4_K_M files store most matrices in Q4_K (all of a Llama's,
+//! Qwen2.5's `ffn_down`), Q5_K_M files in Q5_K.
 //!
 //! A 32-byte load holds four quants of each of eight rows; `maddubs` against four broadcast
 //! activation bytes gives all eight rows' partial sums of a 32-weight sub-block, kept in i16
-//! for its eight steps. The sub-block scale is applied by the widening `madd` (its operand is
-//! the row's scale instead of 1), so the integer sum `Σ_j sc_j·Σ q·a` per row is exact, as is
-//! the min term `Σ_j m_j·bsum_j`. Each output is then
-//! `acc = fma(isum, d·da, acc); acc = fma(−msum, dmin·da, acc)` super-block after super-block,
-//! whatever the number of tokens, in the scalar path too: bit-identical across paths and
-//! batch shapes.
+//! for its eight steps (four for Q5_K, whose fifth bit is or-ed in per step). The sub-block
+//! scale is applied by the widening `madd` (its operand is the row's scale instead of 1), so the
+//! integer sum `Σ_j sc_j·Σ q·a` per row is exact, as is the min term `Σ_j m_j·bsum_j`. Each
+//! output is then `acc = fma(isum, d·da, acc); acc = fma(−msum, dmin·da, acc)` super-block after
+//! super-block, whatever the number of tokens, in the scalar path too: bit-identical across
+//! paths and batch shapes.
 //!
 //! The 96 bytes of 6-bit scales and mins are re-laid so that a few masks and shifts unpack all
 //! 128 of them into two registers per kind, and one `pshufb` then spreads a sub-block's eight
-//! scales over the rows' lanes (see [`X8Q4K`]).
+//! scales over the rows' lanes (see [`X8K4`]).
 
 use super::act::{self, BlockQ8K};
 use super::common::{has_avx2, Block};
 use super::kquant::{pack_scale_min_k4, scale_min_k4, KBlock};
 use super::q4_k::BlockQ4K;
+use super::q5_k::BlockQ5K;
 use super::x8::{Interleaved, ROWS};
 
-/// One super-block position (256 weights) of eight rows.
+/// One super-block position (256 weights) of eight rows; `HB` is 0 (Q4_K) or 256 (Q5_K).
 ///
 /// `qs`: chunk `c` (0..4, sub-blocks `2c` and `2c + 1`) is the 256 bytes at `256c`; its step `s`
 /// (0..8) is the 32 bytes at `256c + 32s`, byte `4r + i` row `r`'s GGUF `qs[32c + 4s + i]`: low
-/// nibble element `64c + 4s + i`, high nibble element `64c + 32 + 4s + i`.
+/// nibble element `64c + 4s + i`, high nibble element `64c + 32 + 4s + i`. `qh` (Q5_K): step `s`
+/// is the 32 bytes at `32s`, byte `4r + i` row `r`'s GGUF `qh[4s + i]`, whose bit `j` is the
+/// fifth bit of element `32j + 4s + i`.
 ///
 /// Scales and mins (6 bits each, 64 of each): value `(j, r)` (sub-block `j`, row `r`) has slot
 /// `k = 16·(r / 4) + 4·(j % 4) + r % 4` in half `h = j / 4`. `scl[k]` holds the low 4 bits of
@@ -34,36 +38,80 @@ use super::x8::{Interleaved, ROWS};
 /// min 6-7. Unpacked, a half is one register whose 128-bit lane `L` holds rows `4L..4L + 4`.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
-pub struct X8Q4K {
+pub struct X8K4<const HB: usize> {
     pub d: [u8; 16],
     pub dmin: [u8; 16],
     pub scl: [u8; 32],
     pub ml: [u8; 32],
     pub sh: [u8; 32],
+    pub qh: [u8; HB],
     pub qs: [u8; 1024],
 }
+
+pub type X8Q4K = X8K4<0>;
+pub type X8Q5K = X8K4<256>;
 assert_block!(X8Q4K, 1152);
+assert_block!(X8Q5K, 1408);
 
 // SAFETY: repr(C) byte arrays only: alignment 1, no padding, any bit pattern is valid.
-unsafe impl Block for X8Q4K {
-    const BYTES: usize = 1152;
+unsafe impl<const HB: usize> Block for X8K4<HB> {
+    const BYTES: usize = 1152 + HB;
     const ELEMS: usize = 256 * ROWS;
 }
 
-/// Half and slot of scale `(j, r)`; see [`X8Q4K`].
+/// The fields of a Q4_K or Q5_K block (`qh` zero for Q4_K).
+pub struct K4Parts {
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub qs: [u8; 128],
+    pub qh: [u8; 32],
+}
+
+/// The GGUF blocks that pack into [`X8K4`]: Q4_K, and Q5_K with its fifth bits.
+pub trait K4Source: KBlock {
+    const HB: usize;
+    fn parts(&self) -> K4Parts;
+    fn from_parts(p: K4Parts) -> Self;
+}
+
+impl K4Source for BlockQ4K {
+    const HB: usize = 0;
+    fn parts(&self) -> K4Parts {
+        K4Parts { d: self.d, dmin: self.dmin, scales: self.scales, qs: self.qs, qh: [0; 32] }
+    }
+    fn from_parts(p: K4Parts) -> Self {
+        BlockQ4K { d: p.d, dmin: p.dmin, scales: p.scales, qs: p.qs }
+    }
+}
+
+impl K4Source for BlockQ5K {
+    const HB: usize = 256;
+    fn parts(&self) -> K4Parts {
+        K4Parts { d: self.d, dmin: self.dmin, scales: self.scales, qs: self.qs, qh: self.qh }
+    }
+    fn from_parts(p: K4Parts) -> Self {
+        BlockQ5K { d: p.d, dmin: p.dmin, scales: p.scales, qh: p.qh, qs: p.qs }
+    }
+}
+
+/// Half and slot of scale `(j, r)`; see [`X8K4`].
 fn slot(j: usize, r: usize) -> (usize, usize) {
     (j / 4, 16 * (r / 4) + 4 * (j % 4) + r % 4)
 }
 
-impl X8Q4K {
+impl<const HB: usize> X8K4<HB> {
     /// Packs one super-block of each of eight rows.
-    pub fn pack(rows: [&BlockQ4K; ROWS]) -> Self {
-        let mut out = X8Q4K { d: [0; 16], dmin: [0; 16], scl: [0; 32], ml: [0; 32], sh: [0; 32], qs: [0; 1024] };
+    pub fn pack<W: K4Source>(rows: [&W; ROWS]) -> Self {
+        assert_eq!(W::HB, HB, "interleaved layout does not match the source format");
+        let mut out =
+            X8K4 { d: [0; 16], dmin: [0; 16], scl: [0; 32], ml: [0; 32], sh: [0; 32], qh: [0; HB], qs: [0; 1024] };
         for (r, w) in rows.iter().enumerate() {
-            out.d[2 * r..2 * r + 2].copy_from_slice(&w.d);
-            out.dmin[2 * r..2 * r + 2].copy_from_slice(&w.dmin);
+            let K4Parts { d, dmin, scales, qs, qh } = w.parts();
+            out.d[2 * r..2 * r + 2].copy_from_slice(&d);
+            out.dmin[2 * r..2 * r + 2].copy_from_slice(&dmin);
             for j in 0..8 {
-                let (sc, m) = scale_min_k4(j, &w.scales);
+                let (sc, m) = scale_min_k4(j, &scales);
                 let (h, k) = slot(j, r);
                 out.scl[k] |= (sc & 0x0F) << (4 * h);
                 out.ml[k] |= (m & 0x0F) << (4 * h);
@@ -71,7 +119,12 @@ impl X8Q4K {
             }
             for c in 0..4 {
                 for l in 0..32 {
-                    out.qs[256 * c + 32 * (l / 4) + 4 * r + l % 4] = w.qs[32 * c + l];
+                    out.qs[256 * c + 32 * (l / 4) + 4 * r + l % 4] = qs[32 * c + l];
+                }
+            }
+            if HB > 0 {
+                for (l, &byte) in qh.iter().enumerate() {
+                    out.qh[32 * (l / 4) + 4 * r + l % 4] = byte;
                 }
             }
         }
@@ -79,41 +132,45 @@ impl X8Q4K {
     }
 
     /// Row `r` (0..8) as the GGUF block it was packed from.
-    pub fn row(&self, r: usize) -> BlockQ4K {
+    pub fn row<W: K4Source>(&self, r: usize) -> W {
+        assert_eq!(W::HB, HB, "interleaved layout does not match the source format");
         let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
         for j in 0..8 {
             let (h, k) = slot(j, r);
             sc[j] = (self.scl[k] >> (4 * h)) & 0x0F | ((self.sh[k] >> (2 * h)) & 3) << 4;
             m[j] = (self.ml[k] >> (4 * h)) & 0x0F | ((self.sh[k] >> (4 + 2 * h)) & 3) << 4;
         }
-        let mut qs = [0u8; 128];
-        for c in 0..4 {
-            for l in 0..32 {
-                qs[32 * c + l] = self.qs[256 * c + 32 * (l / 4) + 4 * r + l % 4];
-            }
-        }
-        BlockQ4K {
+        let qs = std::array::from_fn(|x| self.qs[256 * (x / 32) + 32 * (x % 32 / 4) + 4 * r + x % 4]);
+        let qh = std::array::from_fn(|l| if HB > 0 { self.qh[32 * (l / 4) + 4 * r + l % 4] } else { 0 });
+        W::from_parts(K4Parts {
             d: [self.d[2 * r], self.d[2 * r + 1]],
             dmin: [self.dmin[2 * r], self.dmin[2 * r + 1]],
             scales: pack_scale_min_k4(&sc, &m),
             qs,
-        }
+            qh,
+        })
     }
 }
 
-/// Interleaves a row-major Q4_K matrix (`rows` a multiple of 8); layout as in [`super::x8::interleave`].
-pub fn interleave(bytes: &[u8], rows: usize) -> Vec<u8> {
-    super::x8::interleave_with(bytes, rows, X8Q4K::pack)
+/// Interleaves a row-major Q4_K (`W = BlockQ4K`, `HB = 0`) or Q5_K (`BlockQ5K`, 256) matrix
+/// (`rows` a multiple of 8); layout as in [`super::x8::interleave`].
+pub fn interleave<W: K4Source, const HB: usize>(bytes: &[u8], rows: usize) -> Vec<u8> {
+    super::x8::interleave_with(bytes, rows, X8K4::<HB>::pack::<W>)
 }
 
-/// Scalar reference of [`Interleaved::dot_group`], bit-identical to the AVX2 path.
-pub fn dot_group_scalar(blocks: &[X8Q4K], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
+/// Scalar reference of [`Interleaved::dot_group`] (`W` the source format), bit-identical to the
+/// AVX2 path.
+pub fn dot_group_scalar<W: K4Source, const HB: usize>(
+    blocks: &[X8K4<HB>],
+    acts: &[&[BlockQ8K]],
+    out: &mut [[f32; ROWS]],
+) {
     for (a, o) in acts.iter().zip(out.iter_mut()) {
         assert_eq!(a.len(), blocks.len());
         *o = [0f32; ROWS];
         for (blk, ab) in blocks.iter().zip(a.iter()) {
             for (r, acc) in o.iter_mut().enumerate() {
-                let u = blk.row(r).unpack();
+                let u = blk.row::<W>(r).unpack();
                 let (mut isum, mut msum) = (0i32, 0i32);
                 for j in 0..8 {
                     let s: i32 = (32 * j..32 * j + 32).map(|e| u.q[e] as i32 * ab.qs[e] as i32).sum();
@@ -127,30 +184,37 @@ pub fn dot_group_scalar(blocks: &[X8Q4K], acts: &[&[BlockQ8K]], out: &mut [[f32;
     }
 }
 
-impl Interleaved for X8Q4K {
-    type Act = BlockQ8K;
-    const ACT_ELEMS: usize = 256;
+/// [`Interleaved`] for one source format: the layouts differ only in `HB`.
+macro_rules! interleaved_k4 {
+    ($w:ty, $hb:expr) => {
+        impl Interleaved for X8K4<$hb> {
+            type Act = BlockQ8K;
+            const ACT_ELEMS: usize = 256;
 
-    fn quantize_acts(x: &[f32], out: &mut [BlockQ8K]) {
-        act::quantize_q8k(x, out)
-    }
+            fn quantize_acts(x: &[f32], out: &mut [BlockQ8K]) {
+                act::quantize_q8k(x, out)
+            }
 
-    fn dot_group(blocks: &[Self], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: AVX2, FMA and F16C were detected.
-            unsafe { avx2::dot_group(blocks, acts, out) };
-            return;
+            fn dot_group(blocks: &[Self], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2() {
+                    // SAFETY: AVX2, FMA and F16C were detected.
+                    unsafe { avx2::dot_group(blocks, acts, out) };
+                    return;
+                }
+                dot_group_scalar::<$w, $hb>(blocks, acts, out)
+            }
+
+            fn dequantize_row(blocks: &[Self], r: usize, out: &mut [f32]) {
+                for (b, y) in blocks.iter().zip(out.chunks_exact_mut(256)) {
+                    super::kquant::dequantize_row(&[b.row::<$w>(r)], y);
+                }
+            }
         }
-        dot_group_scalar(blocks, acts, out)
-    }
-
-    fn dequantize_row(blocks: &[Self], r: usize, out: &mut [f32]) {
-        for (b, y) in blocks.iter().zip(out.chunks_exact_mut(256)) {
-            super::kquant::dequantize_row(&[b.row(r)], y);
-        }
-    }
+    };
 }
+interleaved_k4!(BlockQ4K, 0);
+interleaved_k4!(BlockQ5K, 256);
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -161,16 +225,16 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_group(blocks: &[X8Q4K], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
+    pub unsafe fn dot_group<const HB: usize>(blocks: &[X8K4<HB>], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
         for a in acts {
             assert_eq!(a.len(), blocks.len());
         }
         assert!(out.len() >= acts.len());
         match acts.len() {
-            1 => store_rows8(dot_blocks::<1>(blocks, acts.try_into().unwrap()), out),
-            2 => store_rows8(dot_blocks::<2>(blocks, acts.try_into().unwrap()), out),
-            3 => store_rows8(dot_blocks::<3>(blocks, acts.try_into().unwrap()), out),
-            4 => store_rows8(dot_blocks::<4>(blocks, acts.try_into().unwrap()), out),
+            1 => store_rows8(dot_blocks::<HB, 1>(blocks, acts.try_into().unwrap()), out),
+            2 => store_rows8(dot_blocks::<HB, 2>(blocks, acts.try_into().unwrap()), out),
+            3 => store_rows8(dot_blocks::<HB, 3>(blocks, acts.try_into().unwrap()), out),
+            4 => store_rows8(dot_blocks::<HB, 4>(blocks, acts.try_into().unwrap()), out),
             n => panic!("token tile of {n}"),
         }
     }
@@ -200,16 +264,17 @@ mod avx2 {
 
     /// Eight rows' accumulators per token, lane `r` for row `r`.
     ///
-    /// Integer sums: a `maddubs` lane adds two products of a quant (below 16) and an activation
-    /// byte (|a| ≤ 127, see [`super::super::act`]); a sub-block's eight steps stay within
-    /// 16·15·127 = 30,480 < 32,767 in i16. The scale `madd` gives at most 2·30,480·63 per
-    /// sub-block, 31 M over eight: i32 holds it. Mins: `bsum` pairs below 32·127 times mins
-    /// below 64.
+    /// Integer sums: a `maddubs` lane adds two products of a quant (below 16, or 32 for Q5_K)
+    /// and an activation byte (|a| ≤ 127, see [`super::super::act`]); a sub-block's eight steps
+    /// (Q4_K: 16·15·127 = 30,480) or four (Q5_K: 8·31·127 = 31,496) stay below i16's 32,767. The
+    /// scale `madd` gives at most 2·31,496·63 per half sub-block, 64 M over a super-block: i32
+    /// holds it. Mins: `bsum` pairs below 32·127 times mins below 64.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_blocks<const T: usize>(blocks: &[X8Q4K], acts: &[&[BlockQ8K]; T]) -> [__m256; T] {
+    fn dot_blocks<const HB: usize, const T: usize>(blocks: &[X8K4<HB>], acts: &[&[BlockQ8K]; T]) -> [__m256; T] {
         let nib = _mm256_set1_epi8(0x0F);
         let top = _mm256_set1_epi8(0x30);
+        let bit4 = _mm256_set1_epi8(0x10);
         // Sub-block `4h + q`'s scale in both halves of its rows' i16 pairs; min pairs (j, j + 1).
         let scale_ctl: [__m256i; 4] = std::array::from_fn(|q| pairs(q as i8, q as i8));
         let min_ctl = [pairs(0, 1), pairs(2, 3)];
@@ -243,20 +308,35 @@ mod avx2 {
             let mut isum = [_mm256_setzero_si256(); T];
             for j in 0..8 {
                 let (c, h) = (j / 2, j % 2);
+                let scv = _mm256_shuffle_epi8(sc[j / 4], scale_ctl[j % 4]);
                 let mut s16 = [_mm256_setzero_si256(); T];
                 for s in 0..8 {
                     // SAFETY: step `s` of chunk `c` is 32 readable bytes of `qs`; unaligned load.
                     let v = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(256 * c + 32 * s).cast()) };
-                    let w =
+                    let mut w =
                         if h == 0 { _mm256_and_si256(v, nib) } else { _mm256_and_si256(_mm256_srli_epi16(v, 4), nib) };
+                    if HB > 0 {
+                        // SAFETY: step `s` of `qh` is 32 readable bytes when HB > 0.
+                        let qh = unsafe { _mm256_loadu_si256(blk.qh.as_ptr().add(32 * s).cast()) };
+                        // Bit j of each byte to bit 4; the 16-bit shifts carry bits across
+                        // bytes, but bit 4 of either byte comes from bit j of the same byte.
+                        let hi = match j {
+                            0..=4 => _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - j as i32)),
+                            _ => _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32 - 4)),
+                        };
+                        w = _mm256_or_si256(w, _mm256_and_si256(hi, bit4));
+                    }
                     let e = 32 * j + 4 * s;
                     for t in 0..T {
                         s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, broadcast4(&acts[t][b].qs, e)));
                     }
-                }
-                let scv = _mm256_shuffle_epi8(sc[j / 4], scale_ctl[j % 4]);
-                for t in 0..T {
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], scv));
+                    // Q5_K widens every four steps, Q4_K after all eight.
+                    if s == 7 || (HB > 0 && s == 3) {
+                        for t in 0..T {
+                            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], scv));
+                            s16[t] = _mm256_setzero_si256();
+                        }
+                    }
                 }
             }
             let mpair: [__m256i; 4] = std::array::from_fn(|p| _mm256_shuffle_epi8(mins[p / 2], min_ctl[p % 2]));
@@ -288,11 +368,11 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    /// Random Q4_K rows: every byte random (so every 6-bit scale and min and every nibble
-    /// occurs), with sane f16 scales.
-    fn random_rows(rng: &mut StdRng, rows: usize, per_row: usize) -> Vec<u8> {
-        let mut bytes: Vec<u8> = (0..rows * per_row * 144).map(|_| rng.gen()).collect();
-        for blk in bytes.chunks_exact_mut(144) {
+    /// Random Q4_K or Q5_K rows: every byte random (so every 6-bit scale and min, every nibble
+    /// and fifth bit occurs), with sane f16 scales (the first four bytes of both formats).
+    fn random_rows<W: K4Source>(rng: &mut StdRng, rows: usize, per_row: usize) -> Vec<u8> {
+        let mut bytes: Vec<u8> = (0..rows * per_row * W::BYTES).map(|_| rng.gen()).collect();
+        for blk in bytes.chunks_exact_mut(W::BYTES) {
             blk[..2].copy_from_slice(&f32_to_f16(rng.gen_range(-0.01..0.01)));
             blk[2..4].copy_from_slice(&f32_to_f16(rng.gen_range(0.0..0.01)));
         }
@@ -310,27 +390,29 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn packs_and_matches_the_row_kernel_bit_for_bit_across_tiles() {
-        let mut rng = StdRng::seed_from_u64(13);
+    fn check<W: K4Source, const HB: usize>(seed: u64)
+    where
+        X8K4<HB>: Interleaved<Act = BlockQ8K>,
+    {
+        let mut rng = StdRng::seed_from_u64(seed);
         for per_row in [1usize, 3, 19] {
             let rows = 16;
-            let bytes = random_rows(&mut rng, rows, per_row);
-            let src: &[BlockQ4K] = as_blocks(&bytes);
-            let packed = interleave(&bytes, rows);
+            let bytes = random_rows::<W>(&mut rng, rows, per_row);
+            let src: &[W] = as_blocks(&bytes);
+            let packed = interleave::<W, HB>(&bytes, rows);
             assert_eq!(packed.len(), bytes.len(), "same bytes as the row layout");
-            let x8: &[X8Q4K] = as_blocks(&packed);
+            let x8: &[X8K4<HB>] = as_blocks(&packed);
             let xs = random_acts(&mut rng, 4, per_row);
             let acts: Vec<&[BlockQ8K]> = xs.iter().map(|a| a.as_slice()).collect();
             for g in 0..rows / ROWS {
                 let group = &x8[g * per_row..(g + 1) * per_row];
                 let mut want = [[0f32; ROWS]; 4];
-                dot_group_scalar(group, &acts, &mut want);
+                dot_group_scalar::<W, HB>(group, &acts, &mut want);
                 for r in 0..ROWS {
                     let row = &src[(g * ROWS + r) * per_row..(g * ROWS + r + 1) * per_row];
                     for (b, blk) in row.iter().enumerate() {
-                        // Scales and mins round-trip through the 6-bit re-layout; so does `qs`.
-                        let back = group[b].row(r);
+                        // Scales and mins round-trip through the 6-bit re-layout; so do the quants.
+                        let back: W = group[b].row(r);
                         assert_eq!(block_bytes(&[back]), block_bytes(std::slice::from_ref(blk)));
                     }
                     let mut reference = [0f32; 4];
@@ -342,10 +424,20 @@ mod tests {
                 }
                 for k in 1..=4 {
                     let mut got = [[0f32; ROWS]; 4];
-                    X8Q4K::dot_group(group, &acts[..k], &mut got);
+                    X8K4::<HB>::dot_group(group, &acts[..k], &mut got);
                     assert_eq!(got[..k], want[..k], "{k} tokens: fast path is not bit-identical to the scalar one");
                 }
             }
         }
+    }
+
+    #[test]
+    fn q4_k_packs_and_matches_the_row_kernel_bit_for_bit_across_tiles() {
+        check::<BlockQ4K, 0>(13);
+    }
+
+    #[test]
+    fn q5_k_packs_and_matches_the_row_kernel_bit_for_bit_across_tiles() {
+        check::<BlockQ5K, 256>(14);
     }
 }
