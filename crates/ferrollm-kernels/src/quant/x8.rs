@@ -61,23 +61,38 @@ assert_block!(X8Q5_1, 192);
 pub trait Interleave: Unsigned32 {
     const MB: usize;
     const HB: usize;
+    /// The nibble bytes (`qs[j]`: element `j` low, `j + 16` high) and the fifth bits (bit `e`
+    /// of element `e`; 0 for the 4-bit formats).
+    fn raw_quants(&self) -> (&[u8; 16], u32);
 }
 
 impl Interleave for q4_0::BlockQ4_0 {
     const MB: usize = 0;
     const HB: usize = 0;
+    fn raw_quants(&self) -> (&[u8; 16], u32) {
+        (&self.qs, 0)
+    }
 }
 impl Interleave for q4_1::BlockQ4_1 {
     const MB: usize = 16;
     const HB: usize = 0;
+    fn raw_quants(&self) -> (&[u8; 16], u32) {
+        (&self.qs, 0)
+    }
 }
 impl Interleave for q5_0::BlockQ5_0 {
     const MB: usize = 0;
     const HB: usize = 32;
+    fn raw_quants(&self) -> (&[u8; 16], u32) {
+        (&self.qs, u32::from_le_bytes(self.qh))
+    }
 }
 impl Interleave for q5_1::BlockQ5_1 {
     const MB: usize = 16;
     const HB: usize = 32;
+    fn raw_quants(&self) -> (&[u8; 16], u32) {
+        (&self.qs, u32::from_le_bytes(self.qh))
+    }
 }
 
 /// Element index of byte `i` (0..4) of step `s` (0..8).
@@ -137,19 +152,19 @@ impl<const MB: usize, const HB: usize> BlockX8<MB, HB> {
         assert_eq!(W::M_PER_D.unwrap_or(0.0), Self::M_PER_D);
         let mut out = BlockX8 { d: [0; 16], m: [0; MB], qh: [0; HB], qs: [0; 128] };
         for (r, w) in rows.iter().enumerate() {
-            let (q, _, _) = w.unpack();
+            let (qs, qh) = w.raw_quants();
             out.d[2 * r..2 * r + 2].copy_from_slice(&w.d_bits().to_le_bytes());
             if MB > 0 {
                 out.m[2 * r..2 * r + 2].copy_from_slice(&w.m_bits().to_le_bytes());
             }
-            for s in 0..8 {
+            // Chunk c's byte 4r + i holds elements 4c + i (low nibble, step c) and
+            // 16 + 4c + i (high nibble, step c + 4): exactly the source's byte 4c + i.
+            for c in 0..4 {
+                out.qs[32 * c + 4 * r..32 * c + 4 * r + 4].copy_from_slice(&qs[4 * c..4 * c + 4]);
+            }
+            if HB > 0 {
                 for i in 0..4 {
-                    let v = q[element(s, i)];
-                    let byte = &mut out.qs[32 * (s % 4) + 4 * r + i];
-                    *byte |= (v & 0x0F) << (4 * (s / 4));
-                    if HB > 0 && v & 0x10 != 0 {
-                        out.qh[4 * r + i] |= 1 << s;
-                    }
+                    out.qh[4 * r + i] = (0..8).map(|s| (((qh >> element(s, i)) & 1) as u8) << s).sum();
                 }
             }
         }
