@@ -168,6 +168,36 @@ pub fn reduce4(p: [__m256i; 4]) -> __m256i {
     _mm256_add_epi32(_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y))
 }
 
+/// Four activation bytes starting at element `e` of `qs`, in every 32-bit lane: what each
+/// `maddubs` of the interleaved kernels (four quants of each of eight rows) multiplies.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn broadcast4<const N: usize>(qs: &[i8; N], e: usize) -> __m256i {
+    let b: [i8; 4] = qs[e..e + 4].try_into().unwrap();
+    _mm256_set1_epi32(i32::from_le_bytes(b.map(|x| x as u8)))
+}
+
+/// The entry every interleaved kernel shares: checks one activation row per token, each as
+/// long as `blocks`, then runs `kernel::<.., T>` for the call's `T = acts.len()` tokens (1 to 4)
+/// and stores each token's eight row sums. Generic kernels name their leading parameters.
+macro_rules! dot_group_by_tokens {
+    ($kernel:ident $(, $g:ident)*; $blocks:expr, $acts:expr, $out:expr) => {{
+        let (blocks, acts, out) = ($blocks, $acts, $out);
+        for a in acts {
+            assert_eq!(a.len(), blocks.len());
+        }
+        assert!(out.len() >= acts.len());
+        match acts.len() {
+            1 => store_rows8($kernel::<$($g,)* 1>(blocks, acts.try_into().unwrap()), out),
+            2 => store_rows8($kernel::<$($g,)* 2>(blocks, acts.try_into().unwrap()), out),
+            3 => store_rows8($kernel::<$($g,)* 3>(blocks, acts.try_into().unwrap()), out),
+            4 => store_rows8($kernel::<$($g,)* 4>(blocks, acts.try_into().unwrap()), out),
+            n => panic!("token tile of {n}"),
+        }
+    }};
+}
+pub(crate) use dot_group_by_tokens;
+
 /// Each token's eight interleaved-row outputs (one vector per token) into `out`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -155,7 +155,7 @@ impl Interleaved for X8Q6K {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::x86::store_rows8;
+    use super::super::x86::{broadcast4, dot_group_by_tokens, store_rows8};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -163,25 +163,7 @@ mod avx2 {
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_group(blocks: &[X8Q6K], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
-        for a in acts {
-            assert_eq!(a.len(), blocks.len());
-        }
-        assert!(out.len() >= acts.len());
-        match acts.len() {
-            1 => store_rows8(dot_blocks::<1>(blocks, acts.try_into().unwrap()), out),
-            2 => store_rows8(dot_blocks::<2>(blocks, acts.try_into().unwrap()), out),
-            3 => store_rows8(dot_blocks::<3>(blocks, acts.try_into().unwrap()), out),
-            4 => store_rows8(dot_blocks::<4>(blocks, acts.try_into().unwrap()), out),
-            n => panic!("token tile of {n}"),
-        }
-    }
-
-    /// Four activation bytes starting at element `e`, in every 32-bit lane.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn broadcast4(qs: &[i8; 256], e: usize) -> __m256i {
-        let b: [i8; 4] = qs[e..e + 4].try_into().unwrap();
-        _mm256_set1_epi32(i32::from_le_bytes(b.map(|x| x as u8)))
+        dot_group_by_tokens!(dot_blocks; blocks, acts, out)
     }
 
     /// `pshufb` control that puts byte `4·qa + r'` (and `4·qb + r'`) of each 128-bit lane in

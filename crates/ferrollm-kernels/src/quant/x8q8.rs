@@ -98,7 +98,7 @@ impl Interleaved for X8Q8_0 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::x86::store_rows8;
+    use super::super::x86::{broadcast4, dot_group_by_tokens, store_rows8};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -106,17 +106,7 @@ mod avx2 {
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_group(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
-        for a in acts {
-            assert_eq!(a.len(), blocks.len());
-        }
-        assert!(out.len() >= acts.len());
-        match acts.len() {
-            1 => store_rows8(dot_blocks::<1>(blocks, acts.try_into().unwrap()), out),
-            2 => store_rows8(dot_blocks::<2>(blocks, acts.try_into().unwrap()), out),
-            3 => store_rows8(dot_blocks::<3>(blocks, acts.try_into().unwrap()), out),
-            4 => store_rows8(dot_blocks::<4>(blocks, acts.try_into().unwrap()), out),
-            n => panic!("token tile of {n}"),
-        }
+        dot_group_by_tokens!(dot_blocks; blocks, acts, out)
     }
 
     #[inline]
@@ -133,8 +123,7 @@ mod avx2 {
                 let w = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(32 * s).cast()) };
                 let wa = _mm256_abs_epi8(w);
                 for t in 0..T {
-                    let q: [i8; 4] = acts[t][b].qs[4 * s..4 * s + 4].try_into().unwrap();
-                    let a = _mm256_set1_epi32(i32::from_le_bytes(q.map(|x| x as u8)));
+                    let a = broadcast4(&acts[t][b].qs, 4 * s);
                     let p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(a, w));
                     isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, ones));
                 }
