@@ -202,18 +202,39 @@ pub fn interleave<W: Interleave, const MB: usize, const HB: usize>(bytes: &[u8],
 }
 
 /// The interleaving loop shared by every layout: `pack` turns one block of each of eight rows
-/// into one interleaved block.
-pub fn interleave_with<W: Block, X: Block>(bytes: &[u8], rows: usize, pack: impl Fn([&W; ROWS]) -> X) -> Vec<u8> {
+/// into one interleaved block. Groups are split across the machine's cores: loading a model
+/// repacks most of its bytes once.
+pub fn interleave_with<W: Block, X: Block>(
+    bytes: &[u8],
+    rows: usize,
+    pack: impl Fn([&W; ROWS]) -> X + Sync,
+) -> Vec<u8> {
     assert!(rows.is_multiple_of(ROWS), "{rows} rows do not split into groups of {ROWS}");
     let blocks: &[W] = as_blocks(bytes);
     let per_row = blocks.len() / rows.max(1);
-    let mut out = Vec::with_capacity(bytes.len());
-    for g in 0..rows / ROWS {
-        for b in 0..per_row {
-            let packed = pack(std::array::from_fn(|r| &blocks[(ROWS * g + r) * per_row + b]));
-            out.extend_from_slice(super::common::block_bytes(std::slice::from_ref(&packed)));
+    let groups = rows / ROWS;
+    let group_bytes = per_row * X::BYTES;
+    let mut out = vec![0u8; groups * group_bytes];
+    let fill = |g0: usize, dst: &mut [u8]| {
+        for (g, group) in dst.chunks_exact_mut(group_bytes.max(1)).enumerate() {
+            for (b, slot) in group.chunks_exact_mut(X::BYTES).enumerate() {
+                let packed = pack(std::array::from_fn(|r| &blocks[(ROWS * (g0 + g) + r) * per_row + b]));
+                slot.copy_from_slice(super::common::block_bytes(std::slice::from_ref(&packed)));
+            }
         }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(groups.div_ceil(64)).max(1);
+    if threads == 1 || group_bytes == 0 {
+        fill(0, &mut out);
+        return out;
     }
+    let per = groups.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (i, chunk) in out.chunks_mut(per * group_bytes).enumerate() {
+            let fill = &fill;
+            s.spawn(move || fill(i * per, chunk));
+        }
+    });
     out
 }
 
