@@ -304,7 +304,7 @@ pub fn dot_group<const MB: usize, const HB: usize>(
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
-    use super::super::x86::{broadcast4, dot_group_by_tokens, store_rows8};
+    use super::super::x86::{broadcast4, dot_group_by_tokens, prefetch_ahead, store_rows8};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -337,6 +337,9 @@ pub mod avx2 {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
         for (b, blk) in blocks.iter().enumerate() {
+            if T == 1 {
+                prefetch_ahead(blk);
+            }
             // SAFETY: `d` and `m` are 16 readable bytes; unaligned loads.
             let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.d.as_ptr().cast()) });
             let mw = if MB > 0 {

@@ -218,7 +218,7 @@ interleaved_k4!(BlockQ5K, 256);
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::x86::{broadcast4, dot_group_by_tokens, store_rows8};
+    use super::super::x86::{broadcast4, dot_group_by_tokens, prefetch_ahead, store_rows8};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -262,6 +262,9 @@ mod avx2 {
         let min_ctl = [pairs(0, 1), pairs(2, 3)];
         let mut acc = [_mm256_setzero_ps(); T];
         for (b, blk) in blocks.iter().enumerate() {
+            if T == 1 {
+                prefetch_ahead(blk);
+            }
             // SAFETY: each field read is 16 or 32 readable bytes; unaligned loads.
             let (dw, dminw, scl, ml, sh) = unsafe {
                 (

@@ -98,7 +98,7 @@ impl Interleaved for X8Q8_0 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::x86::{broadcast4, dot_group_by_tokens, store_rows8};
+    use super::super::x86::{broadcast4, dot_group_by_tokens, prefetch_ahead, store_rows8};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -115,6 +115,9 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
         for (b, blk) in blocks.iter().enumerate() {
+            if T == 1 {
+                prefetch_ahead(blk);
+            }
             // SAFETY: `d` is 16 readable bytes; unaligned load.
             let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.d.as_ptr().cast()) });
             let mut isum = [_mm256_setzero_si256(); T];
