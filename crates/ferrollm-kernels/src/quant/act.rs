@@ -17,6 +17,26 @@ pub struct BlockQ8A {
     pub qs: [i8; 32],
 }
 
+/// An activation block format: how many values one block holds and how a row is quantized.
+pub trait ActBlock: Copy + Default + Send + Sync {
+    const ELEMS: usize;
+    fn quantize(x: &[f32], out: &mut [Self]);
+}
+
+impl ActBlock for BlockQ8A {
+    const ELEMS: usize = 32;
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        quantize_q8a(x, out)
+    }
+}
+
+impl ActBlock for BlockQ8K {
+    const ELEMS: usize = 256;
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        quantize_q8k(x, out)
+    }
+}
+
 /// 256 activations as `d * qs[i]`, with the sums of each 16 quants in `bsums` (for the min
 /// and offset terms of the K-quants). Same layout as ggml's `block_q8_K`.
 #[derive(Clone, Copy, Debug)]

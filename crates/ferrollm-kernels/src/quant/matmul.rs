@@ -6,7 +6,7 @@
 //! once per four tokens. For decode (a few tokens) this streams each weight row exactly once;
 //! for prefill it keeps the kernels fed from L1 and L2.
 
-use super::act::{self, BlockQ8A, BlockQ8K};
+use super::act::{self, ActBlock, BlockQ8A, BlockQ8K};
 use super::float::{self, Float};
 use super::x8::{self, Interleaved};
 use super::{block32, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
@@ -188,8 +188,8 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
 /// token of the block, four per kernel call, writing eight outputs per token directly.
 fn run_x8<B: Interleaved>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
     let cols = ws[0].cols;
-    let apr = cols / B::ACT_ELEMS;
-    let acts = quantize_acts(pool, x, n, cols, apr, B::quantize_acts);
+    let apr = cols / <B::Act as ActBlock>::ELEMS;
+    let acts = quantize_acts(pool, x, n, cols, apr, <B::Act as ActBlock>::quantize);
     let group_bytes = apr * B::BYTES;
     let (_, tasks) = split(pool, ws.iter().map(|w| w.rows / x8::ROWS), 1);
     let token_block = token_block(apr * std::mem::size_of::<B::Act>());

@@ -107,12 +107,8 @@ fn element(s: usize, i: usize) -> usize {
 
 /// An interleaved layout and its kernels, for the matmul driver and row lookups.
 pub trait Interleaved: Block {
-    /// The activation blocks the kernels take, one per block of a row.
-    type Act: Copy + Default + Send + Sync;
-    /// Columns per activation block (and per row in one interleaved block).
-    const ACT_ELEMS: usize;
-    /// Quantizes one token's activations (`ACT_ELEMS` per output block).
-    fn quantize_acts(x: &[f32], out: &mut [Self::Act]);
+    /// The activation blocks the kernels take, one per block of a row (whose width is theirs).
+    type Act: super::act::ActBlock;
     /// `out[t][r]` = row `r` of the group · `acts[t]`, for the group's blocks (one per column
     /// position) and 1 to 4 tokens; bit-identical however many tokens come at once.
     fn dot_group(blocks: &[Self], acts: &[&[Self::Act]], out: &mut [[f32; ROWS]]);
@@ -122,11 +118,6 @@ pub trait Interleaved: Block {
 
 impl<const MB: usize, const HB: usize> Interleaved for BlockX8<MB, HB> {
     type Act = BlockQ8A;
-    const ACT_ELEMS: usize = 32;
-
-    fn quantize_acts(x: &[f32], out: &mut [BlockQ8A]) {
-        super::act::quantize_q8a(x, out)
-    }
 
     fn dot_group(blocks: &[Self], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
         dot_group(blocks, acts, out)

@@ -16,7 +16,7 @@
 //! 128 of them into two registers per kind, and one `pshufb` then spreads a sub-block's eight
 //! scales over the rows' lanes (see [`X8K4`]).
 
-use super::act::{self, BlockQ8K};
+use super::act::BlockQ8K;
 use super::common::{has_avx2, Block};
 use super::kquant::{pack_scale_min_k4, scale_min_k4, KBlock};
 use super::q4_k::BlockQ4K;
@@ -189,11 +189,6 @@ macro_rules! interleaved_k4 {
     ($w:ty, $hb:expr) => {
         impl Interleaved for X8K4<$hb> {
             type Act = BlockQ8K;
-            const ACT_ELEMS: usize = 256;
-
-            fn quantize_acts(x: &[f32], out: &mut [BlockQ8K]) {
-                act::quantize_q8k(x, out)
-            }
 
             fn dot_group(blocks: &[Self], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
                 #[cfg(target_arch = "x86_64")]
@@ -369,7 +364,7 @@ mod tests {
             .map(|_| {
                 let x: Vec<f32> = (0..256 * blocks).map(|_| rng.gen_range(-2.0..2.0)).collect();
                 let mut a = vec![BlockQ8K::default(); blocks];
-                act::quantize_q8k(&x, &mut a);
+                super::super::act::quantize_q8k(&x, &mut a);
                 a
             })
             .collect()

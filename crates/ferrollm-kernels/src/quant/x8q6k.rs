@@ -15,7 +15,7 @@
 //! (and so to the scalar reference and across batch shapes), which keeps our agreement with
 //! llama.cpp where it was.
 
-use super::act::{self, BlockQ8K};
+use super::act::BlockQ8K;
 use super::common::{has_avx2, Block};
 use super::kquant::KBlock;
 use super::q6_k::BlockQ6K;
@@ -130,11 +130,6 @@ pub fn dot_group_scalar(blocks: &[X8Q6K], acts: &[&[BlockQ8K]], out: &mut [[f32;
 
 impl Interleaved for X8Q6K {
     type Act = BlockQ8K;
-    const ACT_ELEMS: usize = 256;
-
-    fn quantize_acts(x: &[f32], out: &mut [BlockQ8K]) {
-        act::quantize_q8k(x, out)
-    }
 
     fn dot_group(blocks: &[Self], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
         #[cfg(target_arch = "x86_64")]
@@ -315,7 +310,7 @@ mod tests {
                 .map(|_| {
                     let x: Vec<f32> = (0..256 * per_row).map(|_| rng.gen_range(-2.0..2.0)).collect();
                     let mut a = vec![BlockQ8K::default(); per_row];
-                    act::quantize_q8k(&x, &mut a);
+                    super::super::act::quantize_q8k(&x, &mut a);
                     a
                 })
                 .collect();

@@ -70,11 +70,6 @@ pub fn dot_group_scalar(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]], out: &mut [[f32
 
 impl Interleaved for X8Q8_0 {
     type Act = BlockQ8A;
-    const ACT_ELEMS: usize = 32;
-
-    fn quantize_acts(x: &[f32], out: &mut [BlockQ8A]) {
-        super::act::quantize_q8a(x, out)
-    }
 
     fn dot_group(blocks: &[Self], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
         #[cfg(target_arch = "x86_64")]
