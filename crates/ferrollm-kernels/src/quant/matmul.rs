@@ -6,7 +6,7 @@
 //! once per four tokens. For decode (a few tokens) this streams each weight row exactly once;
 //! for prefill it keeps the kernels fed from L1 and L2.
 
-use super::act::{self, ActBlock, BlockQ8A, BlockQ8K};
+use super::act::{ActBlock, BlockQ8A, BlockQ8K};
 use super::float::{self, Float};
 use super::x8::{self, Interleaved};
 use super::{block32, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
@@ -58,8 +58,6 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
         outs.iter_mut().for_each(|o| o.fill(0.0));
         return;
     }
-    let q8a = act::quantize_q8a as fn(&[f32], &mut [BlockQ8A]);
-    let q8k = act::quantize_q8k as fn(&[f32], &mut [BlockQ8K]);
     if w0.layout() == Layout::Interleaved8 {
         match w0.dtype {
             DType::Q4_0 => run_x8::<x8::X8Q4_0>(pool, ws, x, n, outs),
@@ -78,46 +76,35 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
         DType::F32 => run_float(pool, ws, x, n, outs, Float::F32),
         DType::F16 => run_float(pool, ws, x, n, outs, Float::F16),
         DType::BF16 => run_float(pool, ws, x, n, outs, Float::BF16),
-        DType::Q4_0 => run(pool, ws, x, n, outs, 32, q8a, block32::dot_rows::<q4_0::BlockQ4_0>),
-        DType::Q4_1 => run(pool, ws, x, n, outs, 32, q8a, block32::dot_rows::<q4_1::BlockQ4_1>),
-        DType::Q5_0 => run(pool, ws, x, n, outs, 32, q8a, block32::dot_rows::<q5_0::BlockQ5_0>),
-        DType::Q5_1 => run(pool, ws, x, n, outs, 32, q8a, block32::dot_rows::<q5_1::BlockQ5_1>),
-        DType::Q8_0 => run(pool, ws, x, n, outs, 32, q8a, q8_0::dot_rows),
-        DType::Q2K => run(pool, ws, x, n, outs, 256, q8k, q2_k::dot_rows),
-        DType::Q3K => run(pool, ws, x, n, outs, 256, q8k, q3_k::dot_rows),
-        DType::Q4K => run(pool, ws, x, n, outs, 256, q8k, q4_k::dot_rows),
-        DType::Q5K => run(pool, ws, x, n, outs, 256, q8k, q5_k::dot_rows),
-        DType::Q6K => run(pool, ws, x, n, outs, 256, q8k, q6_k::dot_rows),
+        DType::Q4_0 => run::<BlockQ8A, _>(pool, ws, x, n, outs, block32::dot_rows::<q4_0::BlockQ4_0>),
+        DType::Q4_1 => run::<BlockQ8A, _>(pool, ws, x, n, outs, block32::dot_rows::<q4_1::BlockQ4_1>),
+        DType::Q5_0 => run::<BlockQ8A, _>(pool, ws, x, n, outs, block32::dot_rows::<q5_0::BlockQ5_0>),
+        DType::Q5_1 => run::<BlockQ8A, _>(pool, ws, x, n, outs, block32::dot_rows::<q5_1::BlockQ5_1>),
+        DType::Q8_0 => run::<BlockQ8A, _>(pool, ws, x, n, outs, q8_0::dot_rows),
+        DType::Q2K => run::<BlockQ8K, _>(pool, ws, x, n, outs, q2_k::dot_rows),
+        DType::Q3K => run::<BlockQ8K, _>(pool, ws, x, n, outs, q3_k::dot_rows),
+        DType::Q4K => run::<BlockQ8K, _>(pool, ws, x, n, outs, q4_k::dot_rows),
+        DType::Q5K => run::<BlockQ8K, _>(pool, ws, x, n, outs, q5_k::dot_rows),
+        DType::Q6K => run::<BlockQ8K, _>(pool, ws, x, n, outs, q6_k::dot_rows),
     }
 }
 
-/// Quantizes `x` to activation blocks of `act_block` values, then computes every output with
+/// Quantizes `x` to activation blocks `A`, then computes every output with the row kernel
 /// `dot_rows(weight rows, row bytes, up to TILE activation rows, outputs[row * k + token])`.
 /// `ws` share dtype and width; tasks take runs of rows of one matrix each.
-#[allow(clippy::too_many_arguments)]
-fn run<A, D>(
-    pool: &ThreadPool,
-    ws: &[&QMatrix],
-    x: &[f32],
-    n: usize,
-    outs: &mut [&mut [f32]],
-    act_block: usize,
-    quantize: fn(&[f32], &mut [A]),
-    dot_rows: D,
-) where
-    A: Copy + Default + Send + Sync,
+fn run<A, D>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]], dot_rows: D)
+where
+    A: ActBlock,
     D: Fn(&[u8], usize, &[&[A]], &mut [f32]) + Sync,
 {
     let cols = ws[0].cols;
-    let apr = cols / act_block; // activation blocks per token
-    let acts = quantize_acts(pool, x, n, cols, apr, quantize);
+    let apr = cols / A::ELEMS; // activation blocks per token
+    let acts = quantize_acts(pool, x, n, cols, apr, A::quantize);
 
     let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 4);
     let rb = ws[0].row_bytes();
     // Few tokens: one kernel call per task. Many: L1-sized row sub-blocks that all tokens visit.
-    // Sub-blocks are whole multiples of 12 rows, so that the float kernels' register tiles of 3
-    // or 4 rows divide them.
-    let sub = if n <= TILE { chunk } else { round_down((WEIGHT_BLOCK_BYTES / rb).max(12), 12).clamp(1, chunk) };
+    let sub = if n <= TILE { chunk } else { sub_block_rows(rb, chunk) };
     let token_block = token_block(apr * std::mem::size_of::<A>());
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
@@ -155,7 +142,7 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
     let cols = ws[0].cols;
     let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 4);
     let rb = ws[0].row_bytes();
-    let sub = if n <= TILE { chunk } else { round_down((WEIGHT_BLOCK_BYTES / rb).max(12), 12).clamp(1, chunk) };
+    let sub = if n <= TILE { chunk } else { sub_block_rows(rb, chunk) };
     let token_block = token_block(cols * std::mem::size_of::<f32>());
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
@@ -237,8 +224,10 @@ fn split(
     (chunk, tasks)
 }
 
-fn round_down(x: usize, m: usize) -> usize {
-    x / m * m
+/// Rows of an L1-sized sub-block that every token of a block visits (prefill), in whole
+/// multiples of 12 so that the float kernels' register tiles of 3 or 4 rows divide them.
+fn sub_block_rows(row_bytes: usize, chunk: usize) -> usize {
+    ((WEIGHT_BLOCK_BYTES / row_bytes).max(12) / 12 * 12).clamp(1, chunk)
 }
 
 /// Tokens per block: as many as keep their quantized activations (`act_bytes` each) within
