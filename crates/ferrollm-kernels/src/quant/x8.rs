@@ -389,19 +389,20 @@ pub mod avx2 {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::act::quantize_q8a;
+    use super::super::act::ActBlock;
     use super::super::common::block_bytes;
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    /// `tokens` rows of `blocks` quantized activation blocks, from uniform values in ±2.
-    pub(crate) fn random_acts(rng: &mut StdRng, tokens: usize, blocks: usize) -> Vec<Vec<BlockQ8A>> {
+    /// `tokens` rows of `blocks` quantized activation blocks of any format, from uniform
+    /// values in ±2.
+    pub(crate) fn random_acts<A: ActBlock>(rng: &mut StdRng, tokens: usize, blocks: usize) -> Vec<Vec<A>> {
         (0..tokens)
             .map(|_| {
-                let x: Vec<f32> = (0..32 * blocks).map(|_| rng.gen_range(-2.0..2.0)).collect();
-                let mut a = vec![BlockQ8A::default(); blocks];
-                quantize_q8a(&x, &mut a);
+                let x: Vec<f32> = (0..A::ELEMS * blocks).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                let mut a = vec![A::default(); blocks];
+                A::quantize(&x, &mut a);
                 a
             })
             .collect()
@@ -439,7 +440,7 @@ pub(crate) mod tests {
                         assert_eq!(group[b].scales(r), (d, m), "scales of row {r} block {b}");
                     }
                 }
-                let xs = random_acts(&mut rng, 4, per_row);
+                let xs: Vec<Vec<BlockQ8A>> = random_acts(&mut rng, 4, per_row);
                 let acts: Vec<&[BlockQ8A]> = xs.iter().map(|a| a.as_slice()).collect();
                 let mut want = [[0f32; ROWS]; 4];
                 dot_group_scalar(group, &acts, &mut want);

@@ -177,6 +177,24 @@ pub fn broadcast4<const N: usize>(qs: &[i8; N], e: usize) -> __m256i {
     _mm256_set1_epi32(i32::from_le_bytes(b.map(|x| x as u8)))
 }
 
+/// `pshufb` control, the same in both 128-bit lanes, that spreads per-row bytes over the four
+/// row lanes of each half as i16 pairs: row lane `r'` gets byte `4·qa + r'` in its low i16 and
+/// `4·qb + r'` in its high one, in the low byte of each i16 (zero-extended) or, with `HIGH`, in
+/// the high byte (an arithmetic shift by 8 then sign-extends it). The interleaved K-quant
+/// kernels store scales so that a 16-byte half holds four sub-blocks of its four rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn pair_ctl<const HIGH: bool>(qa: i8, qb: i8) -> __m256i {
+    let at = if HIGH { 1 } else { 0 };
+    let lane: [i8; 16] = std::array::from_fn(|i| match i % 4 {
+        b if b == at => 4 * qa + (i / 4) as i8,
+        b if b == at + 2 => 4 * qb + (i / 4) as i8,
+        _ => -128, // high bit set: pshufb writes zero
+    });
+    // SAFETY: `lane` is 16 readable bytes; unaligned load.
+    _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lane.as_ptr().cast()) })
+}
+
 /// The entry every interleaved kernel shares: checks one activation row per token, each as
 /// long as `blocks`, then runs `kernel::<.., T>` for the call's `T = acts.len()` tokens (1 to 4)
 /// and stores each token's eight row sums. Generic kernels name their leading parameters.

@@ -213,7 +213,7 @@ interleaved_k4!(BlockQ5K, 256);
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::x86::{broadcast4, dot_group_by_tokens, prefetch_ahead, store_rows8};
+    use super::super::x86::{broadcast4, dot_group_by_tokens, pair_ctl, prefetch_ahead, store_rows8};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -222,21 +222,6 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_group<const HB: usize>(blocks: &[X8K4<HB>], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
         dot_group_by_tokens!(dot_blocks, HB; blocks, acts, out)
-    }
-
-    /// `pshufb` control that spreads bytes `4q + r'` of each 128-bit lane (`r'` 0..4) over the
-    /// lane's four rows as i16 pairs: `(a, b)` for the two bytes `4·qa + r'`, `4·qb + r'`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn pairs(qa: i8, qb: i8) -> __m256i {
-        let z = -128i8; // high bit set: pshufb writes zero
-        let lane: [i8; 16] = std::array::from_fn(|i| match i % 4 {
-            0 => 4 * qa + (i / 4) as i8,
-            2 => 4 * qb + (i / 4) as i8,
-            _ => z,
-        });
-        // SAFETY: `lane` is 16 readable bytes; unaligned load.
-        _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lane.as_ptr().cast()) })
     }
 
     /// Eight rows' accumulators per token, lane `r` for row `r`.
@@ -253,8 +238,8 @@ mod avx2 {
         let top = _mm256_set1_epi8(0x30);
         let bit4 = _mm256_set1_epi8(0x10);
         // Sub-block `4h + q`'s scale in both halves of its rows' i16 pairs; min pairs (j, j + 1).
-        let scale_ctl: [__m256i; 4] = std::array::from_fn(|q| pairs(q as i8, q as i8));
-        let min_ctl = [pairs(0, 1), pairs(2, 3)];
+        let scale_ctl: [__m256i; 4] = std::array::from_fn(|q| pair_ctl::<false>(q as i8, q as i8));
+        let min_ctl = [pair_ctl::<false>(0, 1), pair_ctl::<false>(2, 3)];
         let mut acc = [_mm256_setzero_ps(); T];
         for (b, blk) in blocks.iter().enumerate() {
             if T == 1 {
@@ -359,17 +344,6 @@ mod tests {
         bytes
     }
 
-    fn random_acts(rng: &mut StdRng, tokens: usize, blocks: usize) -> Vec<Vec<BlockQ8K>> {
-        (0..tokens)
-            .map(|_| {
-                let x: Vec<f32> = (0..256 * blocks).map(|_| rng.gen_range(-2.0..2.0)).collect();
-                let mut a = vec![BlockQ8K::default(); blocks];
-                super::super::act::quantize_q8k(&x, &mut a);
-                a
-            })
-            .collect()
-    }
-
     fn check<W: K4Source, const HB: usize>(seed: u64)
     where
         X8K4<HB>: Interleaved<Act = BlockQ8K>,
@@ -382,7 +356,7 @@ mod tests {
             let packed = interleave::<W, HB>(&bytes, rows);
             assert_eq!(packed.len(), bytes.len(), "same bytes as the row layout");
             let x8: &[X8K4<HB>] = as_blocks(&packed);
-            let xs = random_acts(&mut rng, 4, per_row);
+            let xs: Vec<Vec<BlockQ8K>> = super::super::x8::tests::random_acts(&mut rng, 4, per_row);
             let acts: Vec<&[BlockQ8K]> = xs.iter().map(|a| a.as_slice()).collect();
             for g in 0..rows / ROWS {
                 let group = &x8[g * per_row..(g + 1) * per_row];

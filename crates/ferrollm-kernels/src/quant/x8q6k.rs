@@ -150,7 +150,7 @@ impl Interleaved for X8Q6K {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::x86::{broadcast4, dot_group_by_tokens, prefetch_ahead, store_rows8};
+    use super::super::x86::{broadcast4, dot_group_by_tokens, pair_ctl, prefetch_ahead, store_rows8};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -161,21 +161,7 @@ mod avx2 {
         dot_group_by_tokens!(dot_blocks; blocks, acts, out)
     }
 
-    /// `pshufb` control that puts byte `4·qa + r'` (and `4·qb + r'`) of each 128-bit lane in
-    /// the high byte of row `r'`'s two i16 halves, zeroing the low bytes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn pair_ctl(qa: i8, qb: i8) -> __m256i {
-        let lane: [i8; 16] = std::array::from_fn(|i| match i % 4 {
-            1 => 4 * qa + (i / 4) as i8,
-            3 => 4 * qb + (i / 4) as i8,
-            _ => -128, // high bit set: pshufb writes zero
-        });
-        // SAFETY: `lane` is 16 readable bytes; unaligned load.
-        _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lane.as_ptr().cast()) })
-    }
-
-    /// Sign-extended i16 pairs of two scale bytes per row lane (see [`pair_ctl`]): the
+    /// Sign-extended i16 pairs of two scale bytes per row lane (see [`pair_ctl`] with `HIGH`): the
     /// arithmetic shift brings each byte down from the high half with its sign.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -211,8 +197,8 @@ mod avx2 {
         let nib = _mm256_set1_epi8(0x0F);
         let top = _mm256_set1_epi8(0x30);
         // Sub-block `4q + ..`'s scale twice per row; sub-blocks (2p, 2p + 1) for the offset.
-        let same: [__m256i; 4] = std::array::from_fn(|q| pair_ctl(q as i8, q as i8));
-        let pair = [pair_ctl(0, 1), pair_ctl(2, 3)];
+        let same: [__m256i; 4] = std::array::from_fn(|q| pair_ctl::<true>(q as i8, q as i8));
+        let pair = [pair_ctl::<true>(0, 1), pair_ctl::<true>(2, 3)];
         // One f32 accumulator per step (the row kernel's lane) and token.
         let mut acc = [[_mm256_setzero_ps(); T]; 8];
         for (b, blk) in blocks.iter().enumerate() {
@@ -306,14 +292,7 @@ mod tests {
             let packed = interleave(&bytes, rows);
             assert_eq!(packed.len(), bytes.len(), "same bytes as the row layout");
             let x8: &[X8Q6K] = as_blocks(&packed);
-            let xs: Vec<Vec<BlockQ8K>> = (0..4)
-                .map(|_| {
-                    let x: Vec<f32> = (0..256 * per_row).map(|_| rng.gen_range(-2.0..2.0)).collect();
-                    let mut a = vec![BlockQ8K::default(); per_row];
-                    super::super::act::quantize_q8k(&x, &mut a);
-                    a
-                })
-                .collect();
+            let xs: Vec<Vec<BlockQ8K>> = super::super::x8::tests::random_acts(&mut rng, 4, per_row);
             let acts: Vec<&[BlockQ8K]> = xs.iter().map(|a| a.as_slice()).collect();
             for g in 0..rows / ROWS {
                 let group = &x8[g * per_row..(g + 1) * per_row];

@@ -155,7 +155,7 @@ mod tests {
             let src: &[BlockQ8_0] = as_blocks(&bytes);
             let packed = interleave(&bytes, rows);
             let x8: &[X8Q8_0] = as_blocks(&packed);
-            let xs = super::super::x8::tests::random_acts(&mut rng, 4, per_row);
+            let xs: Vec<Vec<BlockQ8A>> = super::super::x8::tests::random_acts(&mut rng, 4, per_row);
             let acts: Vec<&[BlockQ8A]> = xs.iter().map(|a| a.as_slice()).collect();
             for g in 0..rows / ROWS {
                 let group = &x8[g * per_row..(g + 1) * per_row];
