@@ -5,7 +5,7 @@
 #
 #   scripts/bench/fetch_llamacpp.sh            # prints the bin directory on its last line
 #
-# Result: ~/.cache/ferrollm/llama.cpp/<llama.cpp commit>/bin/{llama-bench,llama-batched-bench,llama-server}
+# Result: ~/.cache/ferrollm/llama.cpp/<llama.cpp commit>[-noamx]/bin/{llama-bench,llama-batched-bench,llama-server}
 # (statically linked against ggml/llama, so the directory can be moved). Idempotent: when all
 # three binaries are there it only prints the directory.
 #
@@ -29,7 +29,20 @@ TARGETS=(llama-bench llama-batched-bench llama-server)
 JOBS=${JOBS:-2}
 CACHE_DIR=${CACHE_DIR:-$HOME/.cache/ferrollm/llama.cpp}
 PY=${PY:-python3}
-ROOT_DIR=$CACHE_DIR/$LLAMA_COMMIT
+# llama.cpp's AMX matmul (ggml-cpu/amx) segfaults on this workplace's Sapphire-Rapids-class
+# machines, in the first matmul of every quantized model (ggml_backend_amx_mul_mat; upstream
+# issue ggml-org/llama.cpp#20824, open without a fix). On a CPU with AMX we therefore compile it
+# out and keep everything else -march=native gives (AVX-512, VNNI, BF16): GCC's explicit -mno-*
+# flags win over the features -march=native implies, whatever their order on the command line.
+# --repack 0 at run time would also avoid it, but it turns off llama.cpp's AVX2/AVX-512 repacked
+# kernels too, which is not llama.cpp at its best.
+EXTRA_FLAGS=""
+BUILD_TAG=$LLAMA_COMMIT
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+    EXTRA_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    BUILD_TAG=$LLAMA_COMMIT-noamx
+fi
+ROOT_DIR=$CACHE_DIR/$BUILD_TAG
 BIN_DIR=$ROOT_DIR/bin
 SRC_DIR=$ROOT_DIR/src
 BUILD_DIR=$ROOT_DIR/build
@@ -110,6 +123,8 @@ t0=$SECONDS
 "$CMAKE" -S "$SRC_DIR" -B "$BUILD_DIR" \
     -DCMAKE_BUILD_TYPE=Release \
     -DGGML_NATIVE=ON \
+    -DCMAKE_C_FLAGS="$EXTRA_FLAGS" \
+    -DCMAKE_CXX_FLAGS="$EXTRA_FLAGS" \
     -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF \
     -DBUILD_SHARED_LIBS=OFF \
@@ -129,7 +144,7 @@ done
 cat >"$BIN_DIR/BUILD_INFO" <<EOF
 llama-cpp-python $LCP_VERSION sdist (sha256 $SDIST_SHA256)
 llama.cpp $LLAMA_COMMIT (vendor/llama.cpp)
-cmake -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF
+cmake -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DCMAKE_C_FLAGS/CXX_FLAGS="$EXTRA_FLAGS" -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF
 compiler: $(${CXX:-c++} --version | head -n 1)
 host: $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
 built: $(date -u +%Y-%m-%dT%H:%M:%SZ) in $((SECONDS - t0)) s with -j$JOBS

@@ -78,6 +78,26 @@ pub fn has_avx2() -> bool {
     })
 }
 
+/// Whether the AVX-VNNI kernels may run: [`has_avx2`] and AVX-VNNI (`vpdpbusd` on 256-bit
+/// registers: Alder Lake, Sapphire Rapids, Zen 5), detected once. `FERROLLM_NO_VNNI=1` turns
+/// them off, for comparisons; the results are the same bits either way.
+#[inline]
+pub fn has_avxvnni() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx2()
+                && std::env::var_os("FERROLLM_NO_VNNI").is_none_or(|v| v == "0")
+                && is_x86_feature_detected!("avxvnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Applies a one-row, `T`-token kernel to each row in `bytes`, writing `out[r * T + t]`.
 ///
 /// Kernels take whole row ranges so that dispatch (feature check, tile width) is paid once per

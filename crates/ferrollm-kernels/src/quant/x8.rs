@@ -285,107 +285,129 @@ pub fn dot_group<const MB: usize, const HB: usize>(
     out: &mut [[f32; ROWS]],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2, FMA and F16C were detected.
-        unsafe { avx2::dot_group(blocks, acts, out) };
-        return;
+    {
+        if super::common::has_avxvnni() {
+            // SAFETY: AVX2, FMA, F16C and AVX-VNNI were detected.
+            unsafe { vnni::dot_group(blocks, acts, out) };
+            return;
+        }
+        if has_avx2() {
+            // SAFETY: AVX2, FMA and F16C were detected.
+            unsafe { avx2::dot_group(blocks, acts, out) };
+            return;
+        }
     }
     dot_group_scalar(blocks, acts, out)
 }
 
+/// The x86 kernel, once per instruction set: `avx2` multiplies a step's bytes with `maddubs`
+/// into i16 sums that are widened per block (Q4) or per four steps (Q5); `vnni` with AVX-VNNI's
+/// `vpdpbusd`, which multiplies, adds four products and accumulates into i32 in one op, so
+/// nothing is widened. The integer sums are exact either way, so both give the same bits.
 #[cfg(target_arch = "x86_64")]
-pub mod avx2 {
-    use super::super::x86::{broadcast4, dot_group_by_tokens, prefetch_ahead, store_rows8};
-    use super::*;
-    use std::arch::x86_64::*;
+macro_rules! x8_kernel {
+    ($isa:ident, $features:literal) => {
+        pub mod $isa {
+            use super::super::x86::{broadcast4, dot_group_by_tokens, dot_u8i8, prefetch_ahead, store_rows8};
+            use super::*;
+            use std::arch::x86_64::*;
 
-    /// [`super::dot_group`] for 1 to 4 tokens.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_group<const MB: usize, const HB: usize>(
-        blocks: &[BlockX8<MB, HB>],
-        acts: &[&[BlockQ8A]],
-        out: &mut [[f32; ROWS]],
-    ) {
-        dot_group_by_tokens!(dot_blocks, MB, HB; blocks, acts, out)
-    }
+            /// [`super::dot_group`] for 1 to 4 tokens.
+            ///
+            /// # Safety
+            /// The CPU must support the features this module is compiled for.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_group<const MB: usize, const HB: usize>(
+                blocks: &[BlockX8<MB, HB>],
+                acts: &[&[BlockQ8A]],
+                out: &mut [[f32; ROWS]],
+            ) {
+                dot_group_by_tokens!(dot_blocks, MB, HB; blocks, acts, out)
+            }
 
-    /// Eight rows' accumulators per token, lane `r` for row `r`.
-    ///
-    /// Integer sums: a `maddubs` lane adds two products of a quant (below 16 for Q4, 32 for Q5)
-    /// and an activation byte (|a| ≤ 127, see [`super::super::act`]), at most 3,810 (Q4) or
-    /// 7,874 (Q5) in magnitude; eight such steps (Q4) or four (Q5) stay below i16's 32,767
-    /// before the widening `madd`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_blocks<const MB: usize, const HB: usize, const T: usize>(
-        blocks: &[BlockX8<MB, HB>],
-        acts: &[&[BlockQ8A]; T],
-    ) -> [__m256; T] {
-        let nib = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); T];
-        for (b, blk) in blocks.iter().enumerate() {
-            if T == 1 {
-                prefetch_ahead(blk);
-            }
-            // SAFETY: `d` and `m` are 16 readable bytes; unaligned loads.
-            let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.d.as_ptr().cast()) });
-            let mw = if MB > 0 {
-                // SAFETY: as above (`m` is 16 bytes when MB > 0).
-                _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.m.as_ptr().cast()) })
-            } else {
-                _mm256_mul_ps(dw, _mm256_set1_ps(BlockX8::<MB, HB>::M_PER_D))
-            };
-            // SAFETY: `qh` is 32 readable bytes when HB > 0; unaligned load.
-            let qh =
-                if HB > 0 { unsafe { _mm256_loadu_si256(blk.qh.as_ptr().cast()) } } else { _mm256_setzero_si256() };
-            let mut isum = [_mm256_setzero_si256(); T];
-            let mut s16 = [_mm256_setzero_si256(); T];
-            for c in 0..4 {
-                // SAFETY: chunk `c` is 32 readable bytes of `qs`; unaligned load.
-                let v = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(32 * c).cast()) };
-                let halves = [_mm256_and_si256(v, nib), _mm256_and_si256(_mm256_srli_epi16(v, 4), nib)];
-                for (h, mut w) in halves.into_iter().enumerate() {
-                    let s = c + 4 * h;
-                    if HB > 0 {
-                        // Bit s of each byte to bit 4. The 16-bit shifts carry bits across bytes,
-                        // but bit 4 of either byte comes from bit s of the same byte (s ≤ 7).
-                        let b = match s {
-                            0..=4 => _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - s as i32)),
-                            _ => _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32 - 4)),
-                        };
-                        w = _mm256_or_si256(w, _mm256_and_si256(b, _mm256_set1_epi8(0x10)));
+            /// Eight rows' accumulators per token, lane `r` for row `r`.
+            ///
+            /// Integer sums: a `maddubs` lane adds two products of a quant (below 16 for Q4, 32
+            /// for Q5) and an activation byte (|a| ≤ 127, see [`super::super::act`]), at most
+            /// 3,810 (Q4) or 7,874 (Q5) in magnitude; eight such steps (Q4) or four (Q5) stay
+            /// below i16's 32,767 before the widening `madd`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn dot_blocks<const MB: usize, const HB: usize, const T: usize>(
+                blocks: &[BlockX8<MB, HB>],
+                acts: &[&[BlockQ8A]; T],
+            ) -> [__m256; T] {
+                let nib = _mm256_set1_epi8(0x0F);
+                let mut acc = [_mm256_setzero_ps(); T];
+                for (b, blk) in blocks.iter().enumerate() {
+                    if T == 1 {
+                        prefetch_ahead(blk);
                     }
-                    let e = element(s, 0);
+                    // SAFETY: `d` and `m` are 16 readable bytes; unaligned loads.
+                    let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.d.as_ptr().cast()) });
+                    let mw = if MB > 0 {
+                        // SAFETY: as above (`m` is 16 bytes when MB > 0).
+                        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.m.as_ptr().cast()) })
+                    } else {
+                        _mm256_mul_ps(dw, _mm256_set1_ps(BlockX8::<MB, HB>::M_PER_D))
+                    };
+                    let qh = if HB > 0 {
+                        // SAFETY: `qh` is 32 readable bytes when HB > 0; unaligned load.
+                        unsafe { _mm256_loadu_si256(blk.qh.as_ptr().cast()) }
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    let mut isum = [_mm256_setzero_si256(); T];
+                    let mut part = [_mm256_setzero_si256(); T];
+                    for c in 0..4 {
+                        // SAFETY: chunk `c` is 32 readable bytes of `qs`; unaligned load.
+                        let v = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(32 * c).cast()) };
+                        let halves = [_mm256_and_si256(v, nib), _mm256_and_si256(_mm256_srli_epi16(v, 4), nib)];
+                        for (h, mut w) in halves.into_iter().enumerate() {
+                            let s = c + 4 * h;
+                            if HB > 0 {
+                                // Bit s of each byte to bit 4. The 16-bit shifts carry bits
+                                // across bytes, but bit 4 of either byte comes from bit s of
+                                // the same byte (s ≤ 7).
+                                let b = match s {
+                                    0..=4 => _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - s as i32)),
+                                    _ => _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32 - 4)),
+                                };
+                                w = _mm256_or_si256(w, _mm256_and_si256(b, _mm256_set1_epi8(0x10)));
+                            }
+                            let e = element(s, 0);
+                            for t in 0..T {
+                                part[t] = dot_u8i8!($isa, part[t], w, broadcast4(&acts[t][b].qs, e));
+                            }
+                        }
+                        // Q5's i16 sums widen after every four steps (chunks 0-1, then 2-3).
+                        if HB > 0 && c % 2 == 1 {
+                            for t in 0..T {
+                                isum[t] = _mm256_add_epi32(isum[t], dot_u8i8!($isa, widen part[t]));
+                                part[t] = _mm256_setzero_si256();
+                            }
+                        }
+                    }
                     for t in 0..T {
-                        let p = _mm256_maddubs_epi16(w, broadcast4(&acts[t][b].qs, e));
-                        s16[t] = _mm256_add_epi16(s16[t], p);
+                        if HB == 0 {
+                            isum[t] = dot_u8i8!($isa, widen part[t]);
+                        }
+                        let ab = &acts[t][b];
+                        let sc = _mm256_mul_ps(dw, _mm256_set1_ps(ab.d));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), sc, acc[t]);
+                        acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(ab.s), acc[t]);
                     }
                 }
-                // Q5: widen after every four steps (chunks 0-1, then 2-3).
-                if HB > 0 && c % 2 == 1 {
-                    for t in 0..T {
-                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], ones));
-                        s16[t] = _mm256_setzero_si256();
-                    }
-                }
-            }
-            for t in 0..T {
-                if HB == 0 {
-                    isum[t] = _mm256_madd_epi16(s16[t], ones);
-                }
-                let ab = &acts[t][b];
-                let sc = _mm256_mul_ps(dw, _mm256_set1_ps(ab.d));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), sc, acc[t]);
-                acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(ab.s), acc[t]);
+                acc
             }
         }
-        acc
-    }
+    };
 }
+
+#[cfg(target_arch = "x86_64")]
+x8_kernel!(avx2, "avx2,fma,f16c");
+#[cfg(target_arch = "x86_64")]
+x8_kernel!(vnni, "avx2,fma,f16c,avxvnni");
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -457,9 +479,35 @@ pub(crate) mod tests {
                     let mut got = [[0f32; ROWS]; 4];
                     dot_group(group, &acts[..k], &mut got);
                     assert_eq!(got[..k], want[..k], "{k} tokens: fast path is not bit-identical to the scalar one");
+                    #[cfg(target_arch = "x86_64")]
+                    for (isa, kernel) in x86_kernels::<MB, HB>() {
+                        let mut got = [[0f32; ROWS]; 4];
+                        // SAFETY: `x86_kernels` lists only the kernels this CPU supports.
+                        unsafe { kernel(group, &acts[..k], &mut got) };
+                        assert_eq!(
+                            got[..k],
+                            want[..k],
+                            "{k} tokens: the {isa} kernel is not bit-identical to the scalar one"
+                        );
+                    }
                 }
             }
         }
+    }
+
+    type Kernel<const MB: usize, const HB: usize> = unsafe fn(&[BlockX8<MB, HB>], &[&[BlockQ8A]], &mut [[f32; ROWS]]);
+
+    /// Each x86 kernel this CPU can run, whichever one `dot_group` picks.
+    #[cfg(target_arch = "x86_64")]
+    fn x86_kernels<const MB: usize, const HB: usize>() -> Vec<(&'static str, Kernel<MB, HB>)> {
+        let mut k: Vec<(&'static str, Kernel<MB, HB>)> = Vec::new();
+        if has_avx2() {
+            k.push(("AVX2", avx2::dot_group::<MB, HB>));
+        }
+        if super::super::common::has_avxvnni() {
+            k.push(("AVX-VNNI", vnni::dot_group::<MB, HB>));
+        }
+        k
     }
 
     #[test]

@@ -89,6 +89,34 @@ pub fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
 }
 
+/// Unsigned bytes `w` times signed bytes `a`, added to a row accumulator `acc`: with `avx2`,
+/// `maddubs` into 16 i16 lanes (two products each; the caller widens them with
+/// `dot_u8i8!(avx2, widen acc)` before they can overflow); with `vnni`, AVX-VNNI's `vpdpbusd`
+/// into 8 i32 lanes (four products each, one op, nothing to widen). Both are exact.
+/// `dot_u8i8!(isa, i32 acc, w, a)` adds into i32 lanes with either (`maddubs` + `madd` + `add`
+/// with AVX2), for operands whose two-product i16 sums may overflow if kept.
+macro_rules! dot_u8i8 {
+    (avx2, i32 $acc:expr, $w:expr, $a:expr) => {
+        _mm256_add_epi32($acc, _mm256_madd_epi16(_mm256_maddubs_epi16($w, $a), _mm256_set1_epi16(1)))
+    };
+    (vnni, i32 $acc:expr, $w:expr, $a:expr) => {
+        _mm256_dpbusd_avx_epi32($acc, $w, $a)
+    };
+    (avx2, widen $acc:expr) => {
+        _mm256_madd_epi16($acc, _mm256_set1_epi16(1))
+    };
+    (vnni, widen $acc:expr) => {
+        $acc
+    };
+    (avx2, $acc:expr, $w:expr, $a:expr) => {
+        _mm256_add_epi16($acc, _mm256_maddubs_epi16($w, $a))
+    };
+    (vnni, $acc:expr, $w:expr, $a:expr) => {
+        _mm256_dpbusd_avx_epi32($acc, $w, $a)
+    };
+}
+pub(crate) use dot_u8i8;
+
 /// Per-block state shared by the Q4_K and Q5_K kernels: the eight 6-bit sub-block scales as i16
 /// in both 128-bit lanes (to pick with [`kscale`]), and the mins widened to i16.
 #[inline]

@@ -73,10 +73,17 @@ impl Interleaved for X8Q8_0 {
 
     fn dot_group(blocks: &[Self], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
         #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: AVX2, FMA and F16C were detected.
-            unsafe { avx2::dot_group(blocks, acts, out) };
-            return;
+        {
+            if super::common::has_avxvnni() {
+                // SAFETY: AVX2, FMA, F16C and AVX-VNNI were detected.
+                unsafe { vnni::dot_group(blocks, acts, out) };
+                return;
+            }
+            if has_avx2() {
+                // SAFETY: AVX2, FMA and F16C were detected.
+                unsafe { avx2::dot_group(blocks, acts, out) };
+                return;
+            }
         }
         dot_group_scalar(blocks, acts, out)
     }
@@ -91,49 +98,59 @@ impl Interleaved for X8Q8_0 {
     }
 }
 
+/// The x86 kernel, once per instruction set (see [`super::x86::dot_u8i8`]): a step is
+/// `sign`, then `maddubs` + `madd` + `add` with AVX2 or one `vpdpbusd` with AVX-VNNI.
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::super::x86::{broadcast4, dot_group_by_tokens, prefetch_ahead, store_rows8};
-    use super::*;
-    use std::arch::x86_64::*;
+macro_rules! x8q8_kernel {
+    ($isa:ident, $features:literal) => {
+        pub(crate) mod $isa {
+            use super::super::x86::{broadcast4, dot_group_by_tokens, dot_u8i8, prefetch_ahead, store_rows8};
+            use super::*;
+            use std::arch::x86_64::*;
 
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_group(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
-        dot_group_by_tokens!(dot_blocks; blocks, acts, out)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_blocks<const T: usize>(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]; T]) -> [__m256; T] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); T];
-        for (b, blk) in blocks.iter().enumerate() {
-            if T == 1 {
-                prefetch_ahead(blk);
+            /// # Safety
+            /// The CPU must support the features this module is compiled for.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_group(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
+                dot_group_by_tokens!(dot_blocks; blocks, acts, out)
             }
-            // SAFETY: `d` is 16 readable bytes; unaligned load.
-            let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.d.as_ptr().cast()) });
-            let mut isum = [_mm256_setzero_si256(); T];
-            for s in 0..8 {
-                // SAFETY: step `s` is 32 readable bytes of `qs`; unaligned load.
-                let w = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(32 * s).cast()) };
-                let wa = _mm256_abs_epi8(w);
-                for t in 0..T {
-                    let a = broadcast4(&acts[t][b].qs, 4 * s);
-                    let p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(a, w));
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, ones));
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn dot_blocks<const T: usize>(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]; T]) -> [__m256; T] {
+                let mut acc = [_mm256_setzero_ps(); T];
+                for (b, blk) in blocks.iter().enumerate() {
+                    if T == 1 {
+                        prefetch_ahead(blk);
+                    }
+                    // SAFETY: `d` is 16 readable bytes; unaligned load.
+                    let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.d.as_ptr().cast()) });
+                    let mut isum = [_mm256_setzero_si256(); T];
+                    for s in 0..8 {
+                        // SAFETY: step `s` is 32 readable bytes of `qs`; unaligned load.
+                        let w = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add(32 * s).cast()) };
+                        let wa = _mm256_abs_epi8(w);
+                        for t in 0..T {
+                            let a = _mm256_sign_epi8(broadcast4(&acts[t][b].qs, 4 * s), w);
+                            // A lane's two products reach 2·128·127: widen every step.
+                            isum[t] = dot_u8i8!($isa, i32 isum[t], wa, a);
+                        }
+                    }
+                    for t in 0..T {
+                        let sc = _mm256_mul_ps(dw, _mm256_set1_ps(acts[t][b].d));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), sc, acc[t]);
+                    }
                 }
-            }
-            for t in 0..T {
-                let sc = _mm256_mul_ps(dw, _mm256_set1_ps(acts[t][b].d));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), sc, acc[t]);
+                acc
             }
         }
-        acc
-    }
+    };
 }
+
+#[cfg(target_arch = "x86_64")]
+x8q8_kernel!(avx2, "avx2,fma,f16c");
+#[cfg(target_arch = "x86_64")]
+x8q8_kernel!(vnni, "avx2,fma,f16c,avxvnni");
 
 #[cfg(test)]
 mod tests {
@@ -178,6 +195,20 @@ mod tests {
                     let mut got = [[0f32; ROWS]; 4];
                     X8Q8_0::dot_group(group, &acts[..k], &mut got);
                     assert_eq!(got[..k], want[..k], "{k} tokens: fast path is not bit-identical to the scalar one");
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        type Kernel = unsafe fn(&[X8Q8_0], &[&[BlockQ8A]], &mut [[f32; ROWS]]);
+                        let kernels: [(&str, bool, Kernel); 2] = [
+                            ("AVX2", has_avx2(), avx2::dot_group),
+                            ("AVX-VNNI", super::super::common::has_avxvnni(), vnni::dot_group),
+                        ];
+                        for (isa, _, kernel) in kernels.into_iter().filter(|k| k.1) {
+                            let mut got = [[0f32; ROWS]; 4];
+                            // SAFETY: only kernels whose features this CPU has are run.
+                            unsafe { kernel(group, &acts[..k], &mut got) };
+                            assert_eq!(got[..k], want[..k], "{k} tokens: the {isa} kernel differs from the scalar one");
+                        }
+                    }
                 }
             }
         }
