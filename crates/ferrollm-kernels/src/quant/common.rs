@@ -98,6 +98,28 @@ pub fn has_avxvnni() -> bool {
     })
 }
 
+/// Whether the AVX-512 kernels may run: [`has_avx2`] and AVX-512 F, BW and VNNI (Ice Lake,
+/// Sapphire Rapids, Zen 4), detected once. `FERROLLM_NO_AVX512=1` turns them off, for
+/// comparisons; the results are the same bits either way.
+#[inline]
+pub fn has_avx512vnni() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx2()
+                && std::env::var_os("FERROLLM_NO_AVX512").is_none_or(|v| v == "0")
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Applies a one-row, `T`-token kernel to each row in `bytes`, writing `out[r * T + t]`.
 ///
 /// Kernels take whole row ranges so that dispatch (feature check, tile width) is paid once per

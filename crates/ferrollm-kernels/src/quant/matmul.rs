@@ -185,24 +185,42 @@ fn run_x8<B: Interleaved>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usiz
         let (m, g0, g1) = tasks[task];
         let (weights, rows, out) = (ws[m].bytes(), ws[m].rows, &outs[m]);
         let mut tile = [[0f32; x8::ROWS]; TILE];
+        let mut pair = [[0f32; 2 * x8::ROWS]; TILE];
+        let group = |g: usize| -> &[B] { super::common::as_blocks(&weights[g * group_bytes..][..group_bytes]) };
+        // Prefill visits groups two at a time where the CPU has a kernel for that (AVX-512).
+        let step = if n > 1 && B::has_pair_kernel() { 2 } else { 1 };
         for tb in (0..n).step_by(token_block) {
             let tb_end = (tb + token_block).min(n);
-            for g in g0..g1 {
-                let blocks: &[B] = super::common::as_blocks(&weights[g * group_bytes..][..group_bytes]);
+            for g in (g0..g1).step_by(step) {
+                let width = if g + 1 < g1 { step } else { 1 };
                 for t in (tb..tb_end).step_by(TILE) {
                     let k = (tb_end - t).min(TILE);
                     let a: [&[B::Act]; TILE] = std::array::from_fn(|j| &acts[(t + j.min(k - 1)) * apr..][..apr]);
-                    B::dot_group(blocks, &a[..k], &mut tile[..k]);
-                    for (j, row) in tile[..k].iter().enumerate() {
-                        // SAFETY: this task alone computes groups g0..g1 (rows 8·g0..8·g1) of
-                        // matrix m for every token; the run `(t + j)·rows + 8g..+8` is borrowed
-                        // only for this copy.
-                        unsafe { out.part((t + j) * rows + g * x8::ROWS, x8::ROWS) }.copy_from_slice(row);
+                    let first = t * rows + g * x8::ROWS;
+                    // SAFETY (both): this task alone computes groups g0..g1 (rows 8·g0..8·g1) of
+                    // matrix m for every token, and the call covers groups g..g + width.
+                    if width == 2 {
+                        B::dot_group_pair(group(g), group(g + 1), &a[..k], &mut pair[..k]);
+                        unsafe { store_tokens(out, &pair[..k], first, rows) };
+                    } else {
+                        B::dot_group(group(g), &a[..k], &mut tile[..k]);
+                        unsafe { store_tokens(out, &tile[..k], first, rows) };
                     }
                 }
             }
         }
     });
+}
+
+/// Copies each token's `W` outputs of a tile, token `j`'s to `out[first + j·rows..][..W]`.
+///
+/// # Safety
+/// No other thread may access those runs of `out` during the call.
+unsafe fn store_tokens<const W: usize>(out: &DisjointSlice<f32>, tile: &[[f32; W]], first: usize, rows: usize) {
+    for (j, row) in tile.iter().enumerate() {
+        // SAFETY: the caller owns this run.
+        unsafe { out.part(first + j * rows, W) }.copy_from_slice(row);
+    }
 }
 
 /// Splits the units (rows or row groups) of each matrix into runs for the pool's tasks: about
