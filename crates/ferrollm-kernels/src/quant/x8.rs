@@ -454,10 +454,10 @@ pub mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// 16 bytes of each group's field `f` as the two halves of one 256-bit register.
+    /// 16 bytes of each group as the two halves of one 256-bit register.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    fn pair128(a: &[u8], b: &[u8]) -> __m256i {
+    pub(crate) fn pair128(a: &[u8], b: &[u8]) -> __m256i {
         assert!(a.len() >= 16 && b.len() >= 16);
         // SAFETY: both are at least 16 readable bytes (checked); unaligned loads.
         unsafe { _mm256_set_m128i(_mm_loadu_si128(b.as_ptr().cast()), _mm_loadu_si128(a.as_ptr().cast())) }
@@ -466,7 +466,7 @@ pub mod avx512 {
     /// 32 bytes of each group as the two halves of one 512-bit register.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    fn pair256(a: &[u8], b: &[u8]) -> __m512i {
+    pub(crate) fn pair256(a: &[u8], b: &[u8]) -> __m512i {
         assert!(a.len() >= 32 && b.len() >= 32);
         // SAFETY: both are at least 32 readable bytes (checked); unaligned loads.
         unsafe {
@@ -490,19 +490,23 @@ pub mod avx512 {
         for x in acts {
             assert_eq!(x.len(), a.len());
         }
-        assert!(out.len() >= acts.len());
-        let store = |acc: &[__m512], out: &mut [[f32; 2 * ROWS]]| {
-            for (o, v) in out.iter_mut().zip(acc) {
-                // SAFETY: `o` is 16 writable f32s; unaligned store.
-                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *v) };
-            }
-        };
         match acts.len() {
-            1 => store(&dot_blocks::<MB, HB, 1>(a, b, acts.try_into().unwrap()), out),
-            2 => store(&dot_blocks::<MB, HB, 2>(a, b, acts.try_into().unwrap()), out),
-            3 => store(&dot_blocks::<MB, HB, 3>(a, b, acts.try_into().unwrap()), out),
-            4 => store(&dot_blocks::<MB, HB, 4>(a, b, acts.try_into().unwrap()), out),
+            1 => store_pair_tokens(&dot_blocks::<MB, HB, 1>(a, b, acts.try_into().unwrap()), out),
+            2 => store_pair_tokens(&dot_blocks::<MB, HB, 2>(a, b, acts.try_into().unwrap()), out),
+            3 => store_pair_tokens(&dot_blocks::<MB, HB, 3>(a, b, acts.try_into().unwrap()), out),
+            4 => store_pair_tokens(&dot_blocks::<MB, HB, 4>(a, b, acts.try_into().unwrap()), out),
             n => panic!("token tile of {n}"),
+        }
+    }
+
+    /// Each token's sixteen outputs (one register per token) into `out`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(crate) fn store_pair_tokens(acc: &[__m512], out: &mut [[f32; 2 * ROWS]]) {
+        assert!(out.len() >= acc.len());
+        for (o, v) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` is 16 writable f32s; unaligned store.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *v) };
         }
     }
 

@@ -96,6 +96,83 @@ impl Interleaved for X8Q8_0 {
             }
         }
     }
+
+    fn has_pair_kernel() -> bool {
+        super::common::has_avx512vnni()
+    }
+
+    fn dot_group_pair(a: &[Self], b: &[Self], acts: &[&[BlockQ8A]], out: &mut [[f32; 2 * ROWS]]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::common::has_avx512vnni() {
+            // SAFETY: AVX-512 F/BW/VNNI, AVX2, FMA and F16C were detected.
+            unsafe { avx512::dot_group_pair(a, b, acts, out) };
+            return;
+        }
+        let mut tile = [[0f32; ROWS]; 4];
+        for (h, g) in [a, b].into_iter().enumerate() {
+            Self::dot_group(g, acts, &mut tile[..acts.len()]);
+            for (o, t) in out.iter_mut().zip(&tile) {
+                o[h * ROWS..][..ROWS].copy_from_slice(t);
+            }
+        }
+    }
+}
+
+/// Two groups at once on AVX-512 (see [`super::x8::avx512`]). AVX-512 has no `vpsignb`: the
+/// weights' sign bits become a mask once per step, and a masked subtraction negates each
+/// token's activation bytes under it.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::super::x8::avx512::{pair128, pair256, store_pair_tokens};
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot_group_pair(a: &[X8Q8_0], b: &[X8Q8_0], acts: &[&[BlockQ8A]], out: &mut [[f32; 2 * ROWS]]) {
+        assert_eq!(a.len(), b.len());
+        for x in acts {
+            assert_eq!(x.len(), a.len());
+        }
+        match acts.len() {
+            1 => store_pair_tokens(&dot_blocks::<1>(a, b, acts.try_into().unwrap()), out),
+            2 => store_pair_tokens(&dot_blocks::<2>(a, b, acts.try_into().unwrap()), out),
+            3 => store_pair_tokens(&dot_blocks::<3>(a, b, acts.try_into().unwrap()), out),
+            4 => store_pair_tokens(&dot_blocks::<4>(a, b, acts.try_into().unwrap()), out),
+            n => panic!("token tile of {n}"),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn dot_blocks<const T: usize>(ga: &[X8Q8_0], gb: &[X8Q8_0], acts: &[&[BlockQ8A]; T]) -> [__m512; T] {
+        let mut acc = [_mm512_setzero_ps(); T];
+        for (i, (x, y)) in ga.iter().zip(gb).enumerate() {
+            let dw = _mm512_cvtph_ps(pair128(&x.d, &y.d));
+            let mut isum = [_mm512_setzero_si512(); T];
+            for s in 0..8 {
+                let w = pair256(bytes_of(&x.qs[32 * s..]), bytes_of(&y.qs[32 * s..]));
+                let (wa, neg) = (_mm512_abs_epi8(w), _mm512_movepi8_mask(w));
+                for t in 0..T {
+                    let q: [i8; 4] = acts[t][i].qs[4 * s..4 * s + 4].try_into().unwrap();
+                    let a = _mm512_set1_epi32(i32::from_le_bytes(q.map(|v| v as u8)));
+                    let a = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
+                    isum[t] = _mm512_dpbusd_epi32(isum[t], wa, a);
+                }
+            }
+            for t in 0..T {
+                let sc = _mm512_mul_ps(dw, _mm512_set1_ps(acts[t][i].d));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), sc, acc[t]);
+            }
+        }
+        acc
+    }
+
+    fn bytes_of(q: &[i8]) -> &[u8] {
+        // SAFETY: i8 and u8 have the same size, alignment and validity.
+        unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) }
+    }
 }
 
 /// The x86 kernel, once per instruction set (see [`super::x86::dot_u8i8`]): a step is
@@ -189,6 +266,22 @@ mod tests {
                     for t in 0..4 {
                         let tol = 1e-4 * (1.0 + reference[t].abs());
                         assert!((want[t][r] - reference[t]).abs() <= tol, "{} vs {}", want[t][r], reference[t]);
+                    }
+                }
+                if g == 1 {
+                    let first = &x8[..per_row];
+                    for k in 1..=4 {
+                        let mut w0 = [[0f32; ROWS]; 4];
+                        dot_group_scalar(first, &acts[..k], &mut w0);
+                        let mut got = [[0f32; 2 * ROWS]; 4];
+                        X8Q8_0::dot_group_pair(first, group, &acts[..k], &mut got);
+                        for t in 0..k {
+                            assert_eq!(
+                                (&got[t][..ROWS], &got[t][ROWS..]),
+                                (&w0[t][..], &want[t][..]),
+                                "pair, {k} tokens"
+                            );
+                        }
                     }
                 }
                 for k in 1..=4 {
