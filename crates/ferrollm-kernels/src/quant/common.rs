@@ -120,6 +120,25 @@ pub fn has_avx512vnni() -> bool {
     })
 }
 
+/// Whether the AVX-512 float kernels may run: [`has_avx2`] and AVX-512 F, detected once
+/// (`FERROLLM_NO_AVX512=1` turns them off, as for [`has_avx512vnni`]).
+#[inline]
+pub fn has_avx512f() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx2()
+                && std::env::var_os("FERROLLM_NO_AVX512").is_none_or(|v| v == "0")
+                && is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Applies a one-row, `T`-token kernel to each row in `bytes`, writing `out[r * T + t]`.
 ///
 /// Kernels take whole row ranges so that dispatch (feature check, tile width) is paid once per

@@ -77,6 +77,54 @@ pub fn dot_rows(kind: Float, bytes: &[u8], row_bytes: usize, acts: &[&[f32]], ou
     }
 }
 
+/// Widens `bytes` (rows of `row_bytes`) into `panel` for [`dot_panel`], when this CPU has the
+/// AVX-512 kernel, and returns whether it did. Prefill meets each weight with dozens of tokens,
+/// so converting a block of rows once and reading f32 from then on leaves only FMAs in the
+/// kernel's loop; the widening is exact, so the sums are the same bits as [`dot_rows`]'.
+pub fn pack_panel(kind: Float, bytes: &[u8], row_bytes: usize, panel: &mut Vec<f32>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if super::common::has_avx512f() && row_bytes >= 8 * kind.bytes() {
+        assert!(bytes.len().is_multiple_of(row_bytes));
+        // SAFETY: AVX-512 F, AVX2, FMA and F16C were detected.
+        unsafe {
+            match kind {
+                Float::F32 => avx512::pack::<0>(bytes, row_bytes, panel),
+                Float::F16 => avx512::pack::<1>(bytes, row_bytes, panel),
+                Float::BF16 => avx512::pack::<2>(bytes, row_bytes, panel),
+            }
+        }
+        return true;
+    }
+    let _ = (kind, bytes, row_bytes, panel);
+    false
+}
+
+/// [`dot_rows`] for rows that [`pack_panel`] has widened into `panel` (`bytes` is still read for
+/// a leftover odd row and columns past the last multiple of 8). Same bits as `dot_rows`.
+pub fn dot_panel(kind: Float, panel: &[f32], bytes: &[u8], row_bytes: usize, acts: &[&[f32]], outs: &mut [&mut [f32]]) {
+    assert!(row_bytes > 0 && bytes.len().is_multiple_of(row_bytes));
+    let (rows, cols) = (bytes.len() / row_bytes, row_bytes / kind.bytes());
+    assert_eq!(outs.len(), acts.len(), "one output row per token");
+    for (a, o) in acts.iter().zip(outs.iter()) {
+        assert!(a.len() == cols && o.len() == rows, "dot_panel shapes");
+    }
+    assert_eq!(panel.len(), rows / 2 * 2 * (cols / 8 * 8), "panel of other rows");
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(super::common::has_avx512f(), "dot_panel without AVX-512 (pack_panel said no)");
+        // SAFETY: AVX-512 F, AVX2, FMA and F16C were detected; the shapes were checked above.
+        unsafe {
+            match kind {
+                Float::F32 => avx512::dot_panel::<0>(panel, bytes, row_bytes, acts, outs),
+                Float::F16 => avx512::dot_panel::<1>(panel, bytes, row_bytes, acts, outs),
+                Float::BF16 => avx512::dot_panel::<2>(panel, bytes, row_bytes, acts, outs),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    panic!("dot_panel without AVX-512 (pack_panel said no)");
+}
+
 /// `out[t] = Σ w·acts[t]` for up to 4 activation rows, with the fastest available code.
 pub fn dot(kind: Float, row: &[u8], acts: &[&[f32]], out: &mut [f32]) {
     if row.is_empty() {
@@ -150,7 +198,7 @@ mod avx2 {
     /// `p` must point at 8 readable elements of the kind (32 bytes for f32, 16 otherwise).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8<const K: usize>(p: *const u8) -> __m256 {
+    pub(super) unsafe fn load8<const K: usize>(p: *const u8) -> __m256 {
         // SAFETY: the caller's promise; unaligned loads.
         unsafe {
             match KINDS[K] {
@@ -168,7 +216,7 @@ mod avx2 {
     /// rows, written to `outs[t][r0..r0 + R]`; returns `R`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn tile<const K: usize, const R: usize, const T: usize>(
+    pub(super) fn tile<const K: usize, const R: usize, const T: usize>(
         rows: &[u8],
         cols: usize,
         acts: &[&[f32]; T],
@@ -218,5 +266,148 @@ mod avx2 {
             outs[t][r0..r0 + R].copy_from_slice(&sums[..R]);
         }
         R
+    }
+}
+
+/// Prefill on AVX-512 over a widened panel: rows in pairs, each pair's 8-column chunks side by
+/// side (`[row a: 8 | row b: 8]`, then the next chunk), so one 512-bit register holds a chunk
+/// of two rows and one broadcast holds 8 activations in both halves. Each half is exactly one
+/// of the AVX2 kernel's 8-lane FMA chains, summed by the same `hsum4_ps`.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::super::x86::hsum4_ps;
+    use super::avx2::{load8, tile};
+    use super::*;
+    use std::arch::x86_64::*;
+
+    const KINDS: [Float; 3] = [Float::F32, Float::F16, Float::BF16];
+
+    /// # Safety
+    /// The CPU must support AVX-512 F, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn pack<const K: usize>(bytes: &[u8], row_bytes: usize, panel: &mut Vec<f32>) {
+        let eb = KINDS[K].bytes();
+        let (rows, chunks) = (bytes.len() / row_bytes, row_bytes / eb / 8);
+        panel.clear();
+        panel.reserve(rows / 2 * chunks * 16);
+        for pair in bytes.chunks_exact(2 * row_bytes) {
+            for c in 0..chunks {
+                // SAFETY: chunk c's 8 elements lie within each of the pair's rows.
+                let (a, b) = unsafe {
+                    (load8::<K>(pair[c * 8 * eb..].as_ptr()), load8::<K>(pair[row_bytes + c * 8 * eb..].as_ptr()))
+                };
+                let mut v = [0f32; 16];
+                // SAFETY: `v` holds 16 f32s; unaligned stores.
+                unsafe {
+                    _mm256_storeu_ps(v.as_mut_ptr(), a);
+                    _mm256_storeu_ps(v.as_mut_ptr().add(8), b);
+                }
+                panel.extend_from_slice(&v);
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F, AVX2, FMA and F16C; shapes as checked by the caller.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot_panel<const K: usize>(
+        panel: &[f32],
+        bytes: &[u8],
+        row_bytes: usize,
+        acts: &[&[f32]],
+        outs: &mut [&mut [f32]],
+    ) {
+        match acts.len() {
+            1 => pairs::<K, 1>(panel, bytes, row_bytes, acts.try_into().unwrap(), outs),
+            2 => pairs::<K, 2>(panel, bytes, row_bytes, acts.try_into().unwrap(), outs),
+            3 => pairs::<K, 3>(panel, bytes, row_bytes, acts.try_into().unwrap(), outs),
+            4 => pairs::<K, 4>(panel, bytes, row_bytes, acts.try_into().unwrap(), outs),
+            n => panic!("token tile of {n}"),
+        }
+    }
+
+    /// Tiles of 4 row pairs (8 rows × `T` tokens, at most 16 accumulators), then 2 and 1 pairs,
+    /// then an odd last row through the AVX2 tile.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn pairs<const K: usize, const T: usize>(
+        panel: &[f32],
+        bytes: &[u8],
+        row_bytes: usize,
+        acts: &[&[f32]; T],
+        outs: &mut [&mut [f32]],
+    ) {
+        let cols = row_bytes / KINDS[K].bytes();
+        let (rows, chunk_floats) = (bytes.len() / row_bytes, cols / 8 * 16);
+        let mut p = 0;
+        while p < rows / 2 {
+            let ps = &panel[p * chunk_floats..];
+            p += match rows / 2 - p {
+                n if n >= 4 => pair_tile::<K, 4, T>(ps, bytes, row_bytes, acts, outs, 2 * p),
+                n if n >= 2 => pair_tile::<K, 2, T>(ps, bytes, row_bytes, acts, outs, 2 * p),
+                _ => pair_tile::<K, 1, T>(ps, bytes, row_bytes, acts, outs, 2 * p),
+            };
+        }
+        if rows % 2 == 1 {
+            tile::<K, 1, T>(&bytes[(rows - 1) * row_bytes..], cols, acts, outs, rows - 1);
+        }
+    }
+
+    /// `P` row pairs from the panel (rows `r0..r0 + 2P`) against `T` tokens; returns `P`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn pair_tile<const K: usize, const P: usize, const T: usize>(
+        panel: &[f32],
+        bytes: &[u8],
+        row_bytes: usize,
+        acts: &[&[f32]; T],
+        outs: &mut [&mut [f32]],
+        r0: usize,
+    ) -> usize {
+        let kind = KINDS[K];
+        let cols = row_bytes / kind.bytes();
+        let chunks = cols / 8;
+        assert!(panel.len() >= P * chunks * 16 && acts.iter().all(|a| a.len() >= cols));
+        let w: [*const f32; P] = std::array::from_fn(|p| panel[p * chunks * 16..].as_ptr());
+        let x: [*const f32; T] = std::array::from_fn(|t| acts[t].as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); T]; P];
+        for c in 0..chunks {
+            // SAFETY: chunk c of pair p is 16 floats within the panel (asserted above).
+            let wv: [__m512; P] = std::array::from_fn(|p| unsafe { _mm512_loadu_ps(w[p].add(16 * c)) });
+            for t in 0..T {
+                // SAFETY: 8 f32s at column 8c of an act row of at least `cols` (asserted),
+                // in both halves.
+                let xv = unsafe { _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(x[t].add(8 * c).cast()))) };
+                for p in 0..P {
+                    acc[p][t] = _mm512_fmadd_ps(wv[p], xv, acc[p][t]);
+                }
+            }
+        }
+        let main = chunks * 8;
+        for t in 0..T {
+            // Row r0 + 2p is pair p's low half, r0 + 2p + 1 its high half.
+            let halves: [__m256; 8] = std::array::from_fn(|i| {
+                let v = if i / 2 < P { acc[i / 2][t] } else { _mm512_setzero_ps() };
+                if i % 2 == 0 {
+                    _mm512_castps512_ps256(v)
+                } else {
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+                }
+            });
+            let mut sums = [0f32; 8];
+            // SAFETY: `sums` holds 8 f32s; unaligned stores.
+            unsafe {
+                _mm_storeu_ps(sums.as_mut_ptr(), hsum4_ps(halves[..4].try_into().unwrap()));
+                _mm_storeu_ps(sums.as_mut_ptr().add(4), hsum4_ps(halves[4..].try_into().unwrap()));
+            }
+            if main < cols {
+                for (r, s) in sums[..2 * P].iter_mut().enumerate() {
+                    let row = &bytes[(r0 + r) * row_bytes..][..row_bytes];
+                    *s += (main..cols).map(|i| kind.get(row, i) * acts[t][i]).sum::<f32>();
+                }
+            }
+            outs[t][r0..r0 + 2 * P].copy_from_slice(&sums[..2 * P]);
+        }
+        P
     }
 }

@@ -469,3 +469,35 @@ fn hsum4_matches_hsum_ps_bit_for_bit() {
         assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "lanes {lanes:?}");
     }
 }
+
+/// The AVX-512 panel kernel (where this CPU has it) gives the row kernel's bits for every tile
+/// shape: 1-4 tokens, row pairs in fours, twos and ones, an odd last row, a column tail.
+#[test]
+fn float_panel_kernel_matches_the_row_kernel() {
+    let mut rng = StdRng::seed_from_u64(12);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let kind = match dtype {
+            DType::F32 => Float::F32,
+            DType::F16 => Float::F16,
+            _ => Float::BF16,
+        };
+        for (rows, cols) in [(1, 8), (2, 16), (7, 13), (11, 64), (24, 200)] {
+            let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
+            let rb = cols * kind.bytes();
+            let mut panel = Vec::new();
+            if !float::pack_panel(kind, &bytes, rb, &mut panel) {
+                continue; // no AVX-512 here: the matmul never takes this path
+            }
+            let x = gauss(&mut rng, 4 * cols, 1.0);
+            let acts: Vec<&[f32]> = x.chunks_exact(cols).collect();
+            for k in 1..=4 {
+                let (mut want, mut got) = (vec![vec![0f32; rows]; k], vec![vec![f32::NAN; rows]; k]);
+                let mut w: Vec<&mut [f32]> = want.iter_mut().map(|o| o.as_mut_slice()).collect();
+                float::dot_rows(kind, &bytes, rb, &acts[..k], &mut w);
+                let mut g: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+                float::dot_panel(kind, &panel, &bytes, rb, &acts[..k], &mut g);
+                assert_eq!(got, want, "{} {rows}x{cols}, {k} tokens", dtype.name());
+            }
+        }
+    }
+}

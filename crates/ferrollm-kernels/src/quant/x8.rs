@@ -122,12 +122,17 @@ pub trait Interleaved: Block {
     /// `out[t]` = the rows of groups `a` (0..8) and `b` (8..16) · `acts[t]`: both groups at
     /// once, with the same bits as [`Interleaved::dot_group`] on each.
     fn dot_group_pair(a: &[Self], b: &[Self], acts: &[&[Self::Act]], out: &mut [[f32; 2 * ROWS]]) {
-        let mut tile = [[0f32; ROWS]; 4];
-        for (h, g) in [a, b].into_iter().enumerate() {
-            Self::dot_group(g, acts, &mut tile[..acts.len()]);
-            for (o, t) in out.iter_mut().zip(&tile) {
-                o[h * ROWS..][..ROWS].copy_from_slice(t);
-            }
+        dot_group_pair_by_halves(a, b, acts, out)
+    }
+}
+
+/// [`Interleaved::dot_group_pair`] as two [`Interleaved::dot_group`] calls.
+pub fn dot_group_pair_by_halves<B: Interleaved>(a: &[B], b: &[B], acts: &[&[B::Act]], out: &mut [[f32; 2 * ROWS]]) {
+    let mut tile = [[0f32; ROWS]; 4];
+    for (h, g) in [a, b].into_iter().enumerate() {
+        B::dot_group(g, acts, &mut tile[..acts.len()]);
+        for (o, t) in out.iter_mut().zip(&tile) {
+            o[h * ROWS..][..ROWS].copy_from_slice(t);
         }
     }
 }
@@ -153,13 +158,7 @@ impl<const MB: usize, const HB: usize> Interleaved for BlockX8<MB, HB> {
             unsafe { avx512::dot_group_pair(a, b, acts, out) };
             return;
         }
-        for (h, g) in [a, b].into_iter().enumerate() {
-            let mut tile = [[0f32; ROWS]; 4];
-            dot_group(g, acts, &mut tile[..acts.len()]);
-            for (o, t) in out.iter_mut().zip(&tile) {
-                o[h * ROWS..][..ROWS].copy_from_slice(t);
-            }
-        }
+        dot_group_pair_by_halves(a, b, acts, out)
     }
 }
 

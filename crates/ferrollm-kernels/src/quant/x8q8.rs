@@ -108,13 +108,7 @@ impl Interleaved for X8Q8_0 {
             unsafe { avx512::dot_group_pair(a, b, acts, out) };
             return;
         }
-        let mut tile = [[0f32; ROWS]; 4];
-        for (h, g) in [a, b].into_iter().enumerate() {
-            Self::dot_group(g, acts, &mut tile[..acts.len()]);
-            for (o, t) in out.iter_mut().zip(&tile) {
-                o[h * ROWS..][..ROWS].copy_from_slice(t);
-            }
-        }
+        super::x8::dot_group_pair_by_halves(a, b, acts, out)
     }
 }
 
