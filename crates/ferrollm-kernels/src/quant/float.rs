@@ -99,6 +99,10 @@ pub fn pack_panel(kind: Float, bytes: &[u8], row_bytes: usize, panel: &mut Vec<f
     false
 }
 
+/// The most tokens one [`dot_panel`] call takes: with 32 vector registers a tile of 3 row
+/// pairs × 8 tokens keeps 24 accumulators, so each widened weight meets twice the tokens.
+pub const PANEL_TOKENS: usize = 8;
+
 /// [`dot_rows`] for rows that [`pack_panel`] has widened into `panel` (`bytes` is still read for
 /// a leftover odd row and columns past the last multiple of 8). Same bits as `dot_rows`.
 pub fn dot_panel(kind: Float, panel: &[f32], bytes: &[u8], row_bytes: usize, acts: &[&[f32]], outs: &mut [&mut [f32]]) {
@@ -322,12 +326,16 @@ mod avx512 {
             2 => pairs::<K, 2>(panel, bytes, row_bytes, acts.try_into().unwrap(), outs),
             3 => pairs::<K, 3>(panel, bytes, row_bytes, acts.try_into().unwrap(), outs),
             4 => pairs::<K, 4>(panel, bytes, row_bytes, acts.try_into().unwrap(), outs),
+            5 => pairs::<K, 5>(panel, bytes, row_bytes, acts.try_into().unwrap(), outs),
+            6 => pairs::<K, 6>(panel, bytes, row_bytes, acts.try_into().unwrap(), outs),
+            7 => pairs::<K, 7>(panel, bytes, row_bytes, acts.try_into().unwrap(), outs),
+            8 => pairs::<K, 8>(panel, bytes, row_bytes, acts.try_into().unwrap(), outs),
             n => panic!("token tile of {n}"),
         }
     }
 
-    /// Tiles of 4 row pairs (8 rows × `T` tokens, at most 16 accumulators), then 2 and 1 pairs,
-    /// then an odd last row through the AVX2 tile.
+    /// Tiles of 4 row pairs for up to 4 tokens, 3 for more (at most 24 accumulators), then 2
+    /// and 1 pairs, then an odd last row through the AVX2 tile.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn pairs<const K: usize, const T: usize>(
@@ -343,7 +351,8 @@ mod avx512 {
         while p < rows / 2 {
             let ps = &panel[p * chunk_floats..];
             p += match rows / 2 - p {
-                n if n >= 4 => pair_tile::<K, 4, T>(ps, bytes, row_bytes, acts, outs, 2 * p),
+                n if n >= 4 && T <= 4 => pair_tile::<K, 4, T>(ps, bytes, row_bytes, acts, outs, 2 * p),
+                n if n >= 3 && T > 4 => pair_tile::<K, 3, T>(ps, bytes, row_bytes, acts, outs, 2 * p),
                 n if n >= 2 => pair_tile::<K, 2, T>(ps, bytes, row_bytes, acts, outs, 2 * p),
                 _ => pair_tile::<K, 1, T>(ps, bytes, row_bytes, acts, outs, 2 * p),
             };

@@ -160,10 +160,12 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
                 let bytes = &weights[s0 * rb..s1 * rb];
                 // Prefill widens the sub-block once for the token block (AVX-512).
                 let packed = tb_end - tb > TILE && float::pack_panel(kind, bytes, rb, &mut panel);
-                for t in (tb..tb_end).step_by(TILE) {
-                    let k = (tb_end - t).min(TILE);
-                    let a: [&[f32]; TILE] = std::array::from_fn(|j| &x[(t + j.min(k - 1)) * cols..][..cols]);
-                    let mut o: [&mut [f32]; TILE] = std::array::from_fn(|j| match j < k {
+                let tile = if packed { float::PANEL_TOKENS } else { TILE };
+                for t in (tb..tb_end).step_by(tile) {
+                    let k = (tb_end - t).min(tile);
+                    let a: [&[f32]; float::PANEL_TOKENS] =
+                        std::array::from_fn(|j| &x[(t + j.min(k - 1)) * cols..][..cols]);
+                    let mut o: [&mut [f32]; float::PANEL_TOKENS] = std::array::from_fn(|j| match j < k {
                         // SAFETY: this task alone computes rows r0..r1 (so s0..s1) of matrix m for
                         // every token; the runs `(t + j)·rows + s0..s1` of distinct tokens are
                         // disjoint and borrowed only for this call.

@@ -471,7 +471,7 @@ fn hsum4_matches_hsum_ps_bit_for_bit() {
 }
 
 /// The AVX-512 panel kernel (where this CPU has it) gives the row kernel's bits for every tile
-/// shape: 1-4 tokens, row pairs in fours, twos and ones, an odd last row, a column tail.
+/// shape: 1-8 tokens, row pairs in fours, threes, twos and ones, an odd last row, a column tail.
 #[test]
 fn float_panel_kernel_matches_the_row_kernel() {
     let mut rng = StdRng::seed_from_u64(12);
@@ -488,12 +488,15 @@ fn float_panel_kernel_matches_the_row_kernel() {
             if !float::pack_panel(kind, &bytes, rb, &mut panel) {
                 continue; // no AVX-512 here: the matmul never takes this path
             }
-            let x = gauss(&mut rng, 4 * cols, 1.0);
+            let x = gauss(&mut rng, float::PANEL_TOKENS * cols, 1.0);
             let acts: Vec<&[f32]> = x.chunks_exact(cols).collect();
-            for k in 1..=4 {
+            for k in 1..=float::PANEL_TOKENS {
                 let (mut want, mut got) = (vec![vec![0f32; rows]; k], vec![vec![f32::NAN; rows]; k]);
                 let mut w: Vec<&mut [f32]> = want.iter_mut().map(|o| o.as_mut_slice()).collect();
-                float::dot_rows(kind, &bytes, rb, &acts[..k], &mut w);
+                // The row kernel takes at most 4 tokens a call.
+                for (a, w) in acts[..k].chunks(4).zip(w.chunks_mut(4)) {
+                    float::dot_rows(kind, &bytes, rb, a, w);
+                }
                 let mut g: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
                 float::dot_panel(kind, &panel, &bytes, rb, &acts[..k], &mut g);
                 assert_eq!(got, want, "{} {rows}x{cols}, {k} tokens", dtype.name());
