@@ -5,6 +5,8 @@
 //! f16 fields.
 
 use super::common::has_avx2;
+use std::cell::Cell;
+use std::thread::LocalKey;
 
 /// 32 activations as `d * qs[i]`, with `s = d * Σ qs` so that weight formats with an offset
 /// (`w = dw * q + m`, which covers Q4_0/Q5_0 with `m = -8 dw` / `-16 dw` and Q4_1/Q5_1) add
@@ -18,9 +20,13 @@ pub struct BlockQ8A {
 }
 
 /// An activation block format: how many values one block holds and how a row is quantized.
-pub trait ActBlock: Copy + Default + Send + Sync {
+pub trait ActBlock: Copy + Default + Send + Sync + 'static {
     const ELEMS: usize;
     fn quantize(x: &[f32], out: &mut [Self]);
+    /// This thread's spare buffer of these blocks, which a matmul takes and gives back: a
+    /// prefill's activations are hundreds of KiB, and a fresh allocation per matmul came
+    /// from the kernel as zeroed pages, a page fault per 4 KiB.
+    fn scratch() -> &'static LocalKey<Cell<Vec<Self>>>;
 }
 
 impl ActBlock for BlockQ8A {
@@ -28,12 +34,20 @@ impl ActBlock for BlockQ8A {
     fn quantize(x: &[f32], out: &mut [Self]) {
         quantize_q8a(x, out)
     }
+    fn scratch() -> &'static LocalKey<Cell<Vec<Self>>> {
+        thread_local!(static SPARE: Cell<Vec<BlockQ8A>> = const { Cell::new(Vec::new()) });
+        &SPARE
+    }
 }
 
 impl ActBlock for BlockQ8K {
     const ELEMS: usize = 256;
     fn quantize(x: &[f32], out: &mut [Self]) {
         quantize_q8k(x, out)
+    }
+    fn scratch() -> &'static LocalKey<Cell<Vec<Self>>> {
+        thread_local!(static SPARE: Cell<Vec<BlockQ8K>> = const { Cell::new(Vec::new()) });
+        &SPARE
     }
 }
 

@@ -292,21 +292,20 @@ mod avx512 {
     pub unsafe fn pack<const K: usize>(bytes: &[u8], row_bytes: usize, panel: &mut Vec<f32>) {
         let eb = KINDS[K].bytes();
         let (rows, chunks) = (bytes.len() / row_bytes, row_bytes / eb / 8);
-        panel.clear();
-        panel.reserve(rows / 2 * chunks * 16);
-        for pair in bytes.chunks_exact(2 * row_bytes) {
-            for c in 0..chunks {
+        // Every element is overwritten below: resizing only when the shape changes keeps the
+        // buffer's pages and skips the zero fill.
+        panel.resize(rows / 2 * chunks * 16, 0.0);
+        for (pair, dst) in bytes.chunks_exact(2 * row_bytes).zip(panel.chunks_exact_mut(chunks * 16)) {
+            for (c, v) in dst.chunks_exact_mut(16).enumerate() {
                 // SAFETY: chunk c's 8 elements lie within each of the pair's rows.
                 let (a, b) = unsafe {
                     (load8::<K>(pair[c * 8 * eb..].as_ptr()), load8::<K>(pair[row_bytes + c * 8 * eb..].as_ptr()))
                 };
-                let mut v = [0f32; 16];
                 // SAFETY: `v` holds 16 f32s; unaligned stores.
                 unsafe {
                     _mm256_storeu_ps(v.as_mut_ptr(), a);
                     _mm256_storeu_ps(v.as_mut_ptr().add(8), b);
                 }
-                panel.extend_from_slice(&v);
             }
         }
     }

@@ -99,7 +99,7 @@ where
 {
     let cols = ws[0].cols;
     let apr = cols / A::ELEMS; // activation blocks per token
-    let acts = quantize_acts(pool, x, n, cols, apr, A::quantize);
+    let acts = quantize_acts::<A>(pool, x, n, cols, apr);
 
     let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 4);
     let rb = ws[0].row_bytes();
@@ -152,35 +152,42 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
     pool.run(tasks.len(), |task| {
         let (m, r0, r1) = tasks[task];
         let (weights, rows, out) = (ws[m].bytes(), ws[m].rows, &outs[m]);
-        let mut panel = Vec::new();
-        for tb in (0..n).step_by(token_block) {
-            let tb_end = (tb + token_block).min(n);
-            for s0 in (r0..r1).step_by(sub) {
-                let s1 = (s0 + sub).min(r1);
-                let bytes = &weights[s0 * rb..s1 * rb];
-                // Prefill widens the sub-block once for the token block (AVX-512).
-                let packed = tb_end - tb > TILE && float::pack_panel(kind, bytes, rb, &mut panel);
-                let tile = if packed { float::PANEL_TOKENS } else { TILE };
-                for t in (tb..tb_end).step_by(tile) {
-                    let k = (tb_end - t).min(tile);
-                    let a: [&[f32]; float::PANEL_TOKENS] =
-                        std::array::from_fn(|j| &x[(t + j.min(k - 1)) * cols..][..cols]);
-                    let mut o: [&mut [f32]; float::PANEL_TOKENS] = std::array::from_fn(|j| match j < k {
-                        // SAFETY: this task alone computes rows r0..r1 (so s0..s1) of matrix m for
-                        // every token; the runs `(t + j)·rows + s0..s1` of distinct tokens are
-                        // disjoint and borrowed only for this call.
-                        true => unsafe { out.part((t + j) * rows + s0, s1 - s0) },
-                        false => &mut [],
-                    });
-                    if packed {
-                        float::dot_panel(kind, &panel, bytes, rb, &a[..k], &mut o[..k]);
-                    } else {
-                        float::dot_rows(kind, bytes, rb, &a[..k], &mut o[..k]);
+        PANEL.with_borrow_mut(|panel| {
+            for tb in (0..n).step_by(token_block) {
+                let tb_end = (tb + token_block).min(n);
+                for s0 in (r0..r1).step_by(sub) {
+                    let s1 = (s0 + sub).min(r1);
+                    let bytes = &weights[s0 * rb..s1 * rb];
+                    // Prefill widens the sub-block once for the token block (AVX-512).
+                    let packed = tb_end - tb > TILE && float::pack_panel(kind, bytes, rb, panel);
+                    let tile = if packed { float::PANEL_TOKENS } else { TILE };
+                    for t in (tb..tb_end).step_by(tile) {
+                        let k = (tb_end - t).min(tile);
+                        let a: [&[f32]; float::PANEL_TOKENS] =
+                            std::array::from_fn(|j| &x[(t + j.min(k - 1)) * cols..][..cols]);
+                        let mut o: [&mut [f32]; float::PANEL_TOKENS] = std::array::from_fn(|j| match j < k {
+                            // SAFETY: this task alone computes rows r0..r1 (so s0..s1) of matrix m for
+                            // every token; the runs `(t + j)·rows + s0..s1` of distinct tokens are
+                            // disjoint and borrowed only for this call.
+                            true => unsafe { out.part((t + j) * rows + s0, s1 - s0) },
+                            false => &mut [],
+                        });
+                        if packed {
+                            float::dot_panel(kind, panel, bytes, rb, &a[..k], &mut o[..k]);
+                        } else {
+                            float::dot_rows(kind, bytes, rb, &a[..k], &mut o[..k]);
+                        }
                     }
                 }
             }
-        }
+        });
     });
+}
+
+thread_local! {
+    /// Each thread's widened weights for the AVX-512 float path, kept between calls: a fresh
+    /// buffer per task cost page faults on every matmul.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// [`run`] for matrices in [`Layout::Interleaved8`]: tasks take runs of 8-row groups; within a
@@ -189,7 +196,7 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
 fn run_x8<B: Interleaved>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
     let cols = ws[0].cols;
     let apr = cols / <B::Act as ActBlock>::ELEMS;
-    let acts = quantize_acts(pool, x, n, cols, apr, <B::Act as ActBlock>::quantize);
+    let acts = quantize_acts::<B::Act>(pool, x, n, cols, apr);
     let group_bytes = apr * B::BYTES;
     let (_, tasks) = split(pool, ws.iter().map(|w| w.rows / x8::ROWS), 1);
     let token_block = token_block(apr * std::mem::size_of::<B::Act>());
@@ -267,30 +274,42 @@ fn token_block(act_bytes: usize) -> usize {
     (TOKEN_BLOCK_BYTES / act_bytes.max(1)).max(TILE) / TILE * TILE
 }
 
+/// A matmul's quantized activations, in this thread's spare buffer ([`ActBlock::scratch`]),
+/// which it goes back to when the matmul is done.
+struct Acts<A: ActBlock>(Vec<A>);
+
+impl<A: ActBlock> std::ops::Deref for Acts<A> {
+    type Target = [A];
+    fn deref(&self) -> &[A] {
+        &self.0
+    }
+}
+
+impl<A: ActBlock> Drop for Acts<A> {
+    fn drop(&mut self) {
+        A::scratch().set(std::mem::take(&mut self.0));
+    }
+}
+
 /// Quantizes each token's row; spread over the pool when there is enough of it.
-fn quantize_acts<A: Copy + Default + Send + Sync>(
-    pool: &ThreadPool,
-    x: &[f32],
-    n: usize,
-    cols: usize,
-    apr: usize,
-    quantize: fn(&[f32], &mut [A]),
-) -> Vec<A> {
-    let mut acts = vec![A::default(); n * apr];
+fn quantize_acts<A: ActBlock>(pool: &ThreadPool, x: &[f32], n: usize, cols: usize, apr: usize) -> Acts<A> {
+    // A nested matmul on this thread finds the buffer taken and starts an empty one.
+    let mut acts = Acts(A::scratch().take());
+    acts.0.resize(n * apr, A::default());
     if n * cols < 1 << 16 || pool.num_threads() == 1 {
-        for (xs, a) in x.chunks_exact(cols).zip(acts.chunks_exact_mut(apr)) {
-            quantize(xs, a);
+        for (xs, a) in x.chunks_exact(cols).zip(acts.0.chunks_exact_mut(apr)) {
+            A::quantize(xs, a);
         }
         return acts;
     }
     let per_task = n.div_ceil(pool.num_threads() * 4);
-    let shared = DisjointSlice::new(&mut acts);
+    let shared = DisjointSlice::new(&mut acts.0);
     pool.run(n.div_ceil(per_task), |task| {
         let (t0, t1) = (task * per_task, ((task + 1) * per_task).min(n));
         for t in t0..t1 {
             // SAFETY: token t's activation blocks belong to this task alone.
             let a = unsafe { shared.part(t * apr, apr) };
-            quantize(&x[t * cols..(t + 1) * cols], a);
+            A::quantize(&x[t * cols..(t + 1) * cols], a);
         }
     });
     acts
