@@ -198,7 +198,10 @@ fn run_x8<B: Interleaved>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usiz
     let apr = cols / <B::Act as ActBlock>::ELEMS;
     let acts = quantize_acts::<B::Act>(pool, x, n, cols, apr);
     let group_bytes = apr * B::BYTES;
-    let (_, tasks) = split(pool, ws.iter().map(|w| w.rows / x8::ROWS), 1);
+    // Prefill visits groups two at a time where the CPU has a kernel for that (AVX-512); runs
+    // of an even number of groups then leave no group to the one-group kernel.
+    let step = if n > 1 && B::has_pair_kernel() { 2 } else { 1 };
+    let (_, tasks) = split(pool, ws.iter().map(|w| w.rows / x8::ROWS), step);
     let token_block = token_block(apr * std::mem::size_of::<B::Act>());
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
@@ -207,8 +210,6 @@ fn run_x8<B: Interleaved>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usiz
         let mut tile = [[0f32; x8::ROWS]; TILE];
         let mut pair = [[0f32; 2 * x8::ROWS]; TILE];
         let group = |g: usize| -> &[B] { super::common::as_blocks(&weights[g * group_bytes..][..group_bytes]) };
-        // Prefill visits groups two at a time where the CPU has a kernel for that (AVX-512).
-        let step = if n > 1 && B::has_pair_kernel() { 2 } else { 1 };
         for tb in (0..n).step_by(token_block) {
             let tb_end = (tb + token_block).min(n);
             for g in (g0..g1).step_by(step) {
@@ -244,7 +245,7 @@ unsafe fn store_tokens<const W: usize>(out: &DisjointSlice<f32>, tile: &[[f32; W
 }
 
 /// Splits the units (rows or row groups) of each matrix into runs for the pool's tasks: about
-/// eight per thread, each at least `min_units` long. Returns the run length and the tasks as
+/// eight per thread, each a multiple of `min_units` long (but a matrix's last). Returns the run length and the tasks as
 /// (matrix, first unit, end unit); a run never spans two matrices.
 fn split(
     pool: &ThreadPool,
@@ -254,7 +255,7 @@ fn split(
     let total: usize = units.clone().sum();
     let threads = pool.num_threads();
     let n_tasks = if threads == 1 { 1 } else { (threads * 8).min(total.div_ceil(min_units)).max(1) };
-    let chunk = total.div_ceil(n_tasks).max(1);
+    let chunk = total.div_ceil(n_tasks).max(1).next_multiple_of(min_units);
     let tasks = units
         .enumerate()
         .flat_map(|(m, u)| (0..u).step_by(chunk).map(move |u0| (m, u0, (u0 + chunk).min(u))))
