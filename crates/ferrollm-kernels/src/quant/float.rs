@@ -77,14 +77,20 @@ pub fn dot_rows(kind: Float, bytes: &[u8], row_bytes: usize, acts: &[&[f32]], ou
     }
 }
 
-/// Widens `bytes` (rows of `row_bytes`) into `panel` for [`dot_panel`], when this CPU has the
-/// AVX-512 kernel, and returns whether it did. Prefill meets each weight with dozens of tokens,
+/// Widens `bytes` (rows of `row_bytes`) into the start of `panel` for [`dot_panel`], when this
+/// CPU has the AVX-512 kernel, and returns that part (`None`: no such kernel here). The buffer
+/// only grows, so a thread that keeps it writes into warm pages and never zero-fills them. Prefill meets each weight with dozens of tokens,
 /// so converting a block of rows once and reading f32 from then on leaves only FMAs in the
 /// kernel's loop; the widening is exact, so the sums are the same bits as [`dot_rows`]'.
-pub fn pack_panel(kind: Float, bytes: &[u8], row_bytes: usize, panel: &mut Vec<f32>) -> bool {
+pub fn pack_panel<'a>(kind: Float, bytes: &[u8], row_bytes: usize, panel: &'a mut Vec<f32>) -> Option<&'a [f32]> {
     #[cfg(target_arch = "x86_64")]
     if super::common::has_avx512f() && row_bytes >= 8 * kind.bytes() {
         assert!(bytes.len().is_multiple_of(row_bytes));
+        let len = bytes.len() / row_bytes / 2 * 2 * (row_bytes / kind.bytes() / 8 * 8);
+        if panel.len() < len {
+            panel.resize(len, 0.0);
+        }
+        let panel = &mut panel[..len];
         // SAFETY: AVX-512 F, AVX2, FMA and F16C were detected.
         unsafe {
             match kind {
@@ -93,10 +99,10 @@ pub fn pack_panel(kind: Float, bytes: &[u8], row_bytes: usize, panel: &mut Vec<f
                 Float::BF16 => avx512::pack::<2>(bytes, row_bytes, panel),
             }
         }
-        return true;
+        return Some(panel);
     }
     let _ = (kind, bytes, row_bytes, panel);
-    false
+    None
 }
 
 /// The most tokens one [`dot_panel`] call takes: with 32 vector registers a tile of 3 row
@@ -289,12 +295,9 @@ mod avx512 {
     /// # Safety
     /// The CPU must support AVX-512 F, AVX2, FMA and F16C.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn pack<const K: usize>(bytes: &[u8], row_bytes: usize, panel: &mut Vec<f32>) {
+    pub unsafe fn pack<const K: usize>(bytes: &[u8], row_bytes: usize, panel: &mut [f32]) {
         let eb = KINDS[K].bytes();
-        let (rows, chunks) = (bytes.len() / row_bytes, row_bytes / eb / 8);
-        // Every element is overwritten below: resizing only when the shape changes keeps the
-        // buffer's pages and skips the zero fill.
-        panel.resize(rows / 2 * chunks * 16, 0.0);
+        let chunks = row_bytes / eb / 8;
         for (pair, dst) in bytes.chunks_exact(2 * row_bytes).zip(panel.chunks_exact_mut(chunks * 16)) {
             for (c, v) in dst.chunks_exact_mut(16).enumerate() {
                 // SAFETY: chunk c's 8 elements lie within each of the pair's rows.
