@@ -186,7 +186,8 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
 
 thread_local! {
     /// Each thread's widened weights for the AVX-512 float path, kept between calls: a fresh
-    /// buffer per task cost page faults on every matmul.
+    /// buffer per task cost page faults on every matmul. A task borrows it only around kernel
+    /// calls, which never start a matmul, so the borrow cannot nest.
     static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -245,8 +246,8 @@ unsafe fn store_tokens<const W: usize>(out: &DisjointSlice<f32>, tile: &[[f32; W
 }
 
 /// Splits the units (rows or row groups) of each matrix into runs for the pool's tasks: about
-/// eight per thread, each a multiple of `min_units` long (but a matrix's last). Returns the run length and the tasks as
-/// (matrix, first unit, end unit); a run never spans two matrices.
+/// eight per thread, each a multiple of `min_units` long (but a matrix's last). Returns the run
+/// length and the tasks as (matrix, first unit, end unit); a run never spans two matrices.
 fn split(
     pool: &ThreadPool,
     units: impl Iterator<Item = usize> + Clone,
