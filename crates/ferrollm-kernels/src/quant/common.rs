@@ -78,65 +78,47 @@ pub fn has_avx2() -> bool {
     })
 }
 
-/// Whether the AVX-VNNI kernels may run: [`has_avx2`] and AVX-VNNI (`vpdpbusd` on 256-bit
-/// registers: Alder Lake, Sapphire Rapids, Zen 5), detected once. `FERROLLM_NO_VNNI=1` turns
-/// them off, for comparisons; the results are the same bits either way.
-#[inline]
-pub fn has_avxvnni() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            has_avx2()
-                && std::env::var_os("FERROLLM_NO_VNNI").is_none_or(|v| v == "0")
-                && is_x86_feature_detected!("avxvnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+/// `has_avx2() && $env unset (or "0") && every feature detected`, checked once per call site:
+/// the higher kernel tiers, each with a switch that turns it off for comparisons.
+macro_rules! tier_detected {
+    ($env:literal; $($feature:tt),+) => {{
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                has_avx2()
+                    && std::env::var_os($env).is_none_or(|v| v == "0")
+                    $(&& is_x86_feature_detected!($feature))+
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        })
+    }};
 }
 
-/// Whether the AVX-512 kernels may run: [`has_avx2`] and AVX-512 F, BW and VNNI (Ice Lake,
-/// Sapphire Rapids, Zen 4), detected once. `FERROLLM_NO_AVX512=1` turns them off, for
+/// Whether the AVX-VNNI kernels may run: [`has_avx2`] and AVX-VNNI (`vpdpbusd` on 256-bit
+/// registers: Alder Lake, Sapphire Rapids, Zen 5). `FERROLLM_NO_VNNI=1` turns them off, for
 /// comparisons; the results are the same bits either way.
 #[inline]
-pub fn has_avx512vnni() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            has_avx2()
-                && std::env::var_os("FERROLLM_NO_AVX512").is_none_or(|v| v == "0")
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+pub fn has_avxvnni() -> bool {
+    tier_detected!("FERROLLM_NO_VNNI"; "avxvnni")
 }
 
-/// Whether the AVX-512 float kernels may run: [`has_avx2`] and AVX-512 F, detected once
+/// Whether the AVX-512 integer kernels may run: [`has_avx2`] and AVX-512 F, BW and VNNI (Ice
+/// Lake, Sapphire Rapids, Zen 4). `FERROLLM_NO_AVX512=1` turns them off, for comparisons; the
+/// results are the same bits either way.
+#[inline]
+pub fn has_avx512vnni() -> bool {
+    tier_detected!("FERROLLM_NO_AVX512"; "avx512f", "avx512bw", "avx512vnni")
+}
+
+/// Whether the AVX-512 float kernels may run: [`has_avx2`] and AVX-512 F
 /// (`FERROLLM_NO_AVX512=1` turns them off, as for [`has_avx512vnni`]).
 #[inline]
 pub fn has_avx512f() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            has_avx2()
-                && std::env::var_os("FERROLLM_NO_AVX512").is_none_or(|v| v == "0")
-                && is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    tier_detected!("FERROLLM_NO_AVX512"; "avx512f")
 }
 
 /// Applies a one-row, `T`-token kernel to each row in `bytes`, writing `out[r * T + t]`.

@@ -450,6 +450,7 @@ x8_kernel!(vnni, "avx2,fma,f16c,avxvnni");
 /// every token; each row's float operations are those of [`dot_group_scalar`].
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
+    use super::super::x86::act4;
     use super::*;
     use std::arch::x86_64::*;
 
@@ -465,8 +466,8 @@ pub mod avx512 {
     /// 32 bytes of each group as the two halves of one 512-bit register.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(crate) fn pair256(a: &[u8], b: &[u8]) -> __m512i {
-        assert!(a.len() >= 32 && b.len() >= 32);
+    pub(crate) fn pair256<T: Copy>(a: &[T], b: &[T]) -> __m512i {
+        assert!(std::mem::size_of_val(a) >= 32 && std::mem::size_of_val(b) >= 32);
         // SAFETY: both are at least 32 readable bytes (checked); unaligned loads.
         unsafe {
             let lo = _mm256_loadu_si256(a.as_ptr().cast());
@@ -542,8 +543,7 @@ pub mod avx512 {
                     }
                     let e = element(s, 0);
                     for t in 0..T {
-                        let q: [i8; 4] = acts[t][i].qs[e..e + 4].try_into().unwrap();
-                        let a = _mm512_set1_epi32(i32::from_le_bytes(q.map(|v| v as u8)));
+                        let a = _mm512_set1_epi32(act4(&acts[t][i].qs, e));
                         isum[t] = _mm512_dpbusd_epi32(isum[t], w, a);
                     }
                 }

@@ -196,13 +196,19 @@ pub fn reduce4(p: [__m256i; 4]) -> __m256i {
     _mm256_add_epi32(_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y))
 }
 
-/// Four activation bytes starting at element `e` of `qs`, in every 32-bit lane: what each
-/// `maddubs` of the interleaved kernels (four quants of each of eight rows) multiplies.
+/// Four activation bytes starting at element `e` of `qs` as one 32-bit lane: what each step of
+/// the interleaved kernels (four quants of each row) multiplies, in every lane.
+#[inline(always)]
+pub fn act4<const N: usize>(qs: &[i8; N], e: usize) -> i32 {
+    let b: [i8; 4] = qs[e..e + 4].try_into().unwrap();
+    i32::from_le_bytes(b.map(|x| x as u8))
+}
+
+/// [`act4`] in every 32-bit lane of a 256-bit register.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn broadcast4<const N: usize>(qs: &[i8; N], e: usize) -> __m256i {
-    let b: [i8; 4] = qs[e..e + 4].try_into().unwrap();
-    _mm256_set1_epi32(i32::from_le_bytes(b.map(|x| x as u8)))
+    _mm256_set1_epi32(act4(qs, e))
 }
 
 /// `pshufb` control, the same in both 128-bit lanes, that spreads per-row bytes over the four

@@ -118,6 +118,7 @@ impl Interleaved for X8Q8_0 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::super::x8::avx512::{pair128, pair256, store_pair_tokens};
+    use super::super::x86::act4;
     use super::*;
     use std::arch::x86_64::*;
 
@@ -146,11 +147,10 @@ mod avx512 {
             let dw = _mm512_cvtph_ps(pair128(&x.d, &y.d));
             let mut isum = [_mm512_setzero_si512(); T];
             for s in 0..8 {
-                let w = pair256(bytes_of(&x.qs[32 * s..]), bytes_of(&y.qs[32 * s..]));
+                let w = pair256(&x.qs[32 * s..], &y.qs[32 * s..]);
                 let (wa, neg) = (_mm512_abs_epi8(w), _mm512_movepi8_mask(w));
                 for t in 0..T {
-                    let q: [i8; 4] = acts[t][i].qs[4 * s..4 * s + 4].try_into().unwrap();
-                    let a = _mm512_set1_epi32(i32::from_le_bytes(q.map(|v| v as u8)));
+                    let a = _mm512_set1_epi32(act4(&acts[t][i].qs, 4 * s));
                     let a = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
                     isum[t] = _mm512_dpbusd_epi32(isum[t], wa, a);
                 }
@@ -161,11 +161,6 @@ mod avx512 {
             }
         }
         acc
-    }
-
-    fn bytes_of(q: &[i8]) -> &[u8] {
-        // SAFETY: i8 and u8 have the same size, alignment and validity.
-        unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) }
     }
 }
 
