@@ -143,7 +143,7 @@ fn median_time(budget: Duration, min_reps: usize, mut f: impl FnMut(usize)) -> f
     times[times.len() / 2]
 }
 
-const SECTIONS: [&str; 8] = ["pool", "membw", "hot", "tile", "qtile", "gemv", "prefill", "model"];
+const SECTIONS: [&str; 9] = ["pool", "membw", "hot", "tile", "panel", "qtile", "gemv", "prefill", "model"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -295,6 +295,59 @@ fn main() {
                     quant::float::dot_rows(kind, &bytes, rb, &acts, &mut outs)
                 });
                 println!("{kind:?} cols {cols}: {:.1} GFLOP/s", 2.0 * (12 * 4 * cols) as f64 / t / 1e9);
+            }
+        }
+    }
+
+    if section("panel") {
+        // The AVX-512 prefill kernel alone: a 12-row sub-block widened once, then 8 tokens per
+        // call, everything in L1 (or the acts in L2 for the 448-token case).
+        println!("\nFloat panel kernel, 1 thread, 12 rows; fastest of many calls");
+        for cols in [576usize, 1536] {
+            let kind = quant::float::Float::F16;
+            let rb = cols * kind.bytes();
+            let bytes: Vec<u8> = (0..12 * cols)
+                .flat_map(|_| half::f16::from_f32(rng.f32() - 0.5).to_bits().to_le_bytes().to_vec())
+                .collect();
+            let mut buf = Vec::new();
+            let Some(panel) = quant::float::pack_panel(kind, &bytes, rb, &mut buf) else {
+                println!("no AVX-512 panel kernel here");
+                break;
+            };
+            // The kernel reads the packed panel where pack_panel put it (its alignment matters).
+            let (start, len) = (panel.as_ptr() as usize, panel.len());
+            let skip = (start - buf.as_ptr() as usize) / 4;
+            let buf_ro = std::mem::take(&mut buf);
+            let panel = &buf_ro[skip..skip + len];
+            for ntok in [8usize, 64, 448] {
+                let xs: Vec<Vec<f32>> = (0..ntok).map(|_| (0..cols).map(|_| rng.f32()).collect()).collect();
+                let mut out = vec![0f32; 12 * ntok];
+                let packed: Vec<Vec<f32>> = xs
+                    .chunks(8)
+                    .map(|xb| {
+                        let acts: Vec<&[f32]> = xb.iter().map(|v| v.as_slice()).collect();
+                        let mut p = vec![0f32; xb.len() * cols];
+                        quant::float::pack_acts(&acts, &mut p);
+                        p
+                    })
+                    .collect();
+                let t = min_time(if ntok > 64 { 200 } else { 2000 }, || {
+                    for ((xb, ob), pb) in xs.chunks(8).zip(out.chunks_mut(96)).zip(&packed) {
+                        let acts: Vec<&[f32]> = xb.iter().map(|v| v.as_slice()).collect();
+                        let mut outs: Vec<&mut [f32]> = ob.chunks_mut(12).collect();
+                        quant::float::dot_panel(kind, panel, &bytes, rb, pb, &acts, &mut outs);
+                    }
+                });
+                let mut scratch = Vec::new();
+                let pack = min_time(2000, || {
+                    quant::float::pack_panel(kind, &bytes, rb, &mut scratch);
+                });
+                println!(
+                    "F16 cols {cols} tokens {ntok}: {:.1} GFLOP/s; pack {:.2} us ({:.1}% of the dots)",
+                    2.0 * (12 * ntok * cols) as f64 / t / 1e9,
+                    pack * 1e6,
+                    100.0 * pack / t
+                );
             }
         }
     }

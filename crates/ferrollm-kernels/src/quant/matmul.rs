@@ -13,6 +13,8 @@ use super::{block32, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0}
 use crate::qmatrix::Layout;
 use crate::threadpool::DisjointSlice;
 use crate::{DType, QMatrix, ThreadPool};
+use std::cell::Cell;
+use std::thread::LocalKey;
 
 /// Weight bytes per row sub-block when many tokens reuse it: about half of a 32 KiB L1.
 const WEIGHT_BLOCK_BYTES: usize = 16 << 10;
@@ -142,12 +144,23 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
     let cols = ws[0].cols;
     let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 4);
     let rb = ws[0].row_bytes();
-    let sub = if n <= TILE { chunk } else { sub_block_rows(rb, chunk) };
+    let main = cols / 8 * 8;
+    let panel_path = n > TILE && main > 0 && super::common::has_avx512f();
+    let sub = match (n <= TILE, panel_path) {
+        (true, _) => chunk,
+        (false, true) => float::PANEL_ROWS.min(chunk),
+        (false, false) => sub_block_rows(rb, chunk),
+    };
     // The AVX-512 path widens each sub-block once per token block: eight times the tokens per
     // block (the activations then sit in L2 rather than L1) made its prefill matmuls 10-30%
     // faster than one (gemv_bench prefill, F16), and F16 prefill 2.7% faster than four.
-    let panel_blocks = if super::common::has_avx512f() { 8 } else { 1 };
+    let panel_blocks = if panel_path { 8 } else { 1 };
     let token_block = token_block(cols * std::mem::size_of::<f32>()) * panel_blocks;
+    // Whole groups of packed activations, so that each token block starts one.
+    let token_block =
+        if panel_path { (token_block / float::PANEL_TOKENS).max(1) * float::PANEL_TOKENS } else { token_block };
+    let packed_acts = if panel_path { pack_float_acts(pool, x, n, cols) } else { Scratch::take(&PACKED_ACTS) };
+    let (packed, skip) = (&packed_acts[..], packed_acts.1);
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
         let (m, r0, r1) = tasks[task];
@@ -159,8 +172,8 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
                     let s1 = (s0 + sub).min(r1);
                     let bytes = &weights[s0 * rb..s1 * rb];
                     // Prefill widens the sub-block once for the token block (AVX-512).
-                    let packed = if tb_end - tb > TILE { float::pack_panel(kind, bytes, rb, panel) } else { None };
-                    let tile = if packed.is_some() { float::PANEL_TOKENS } else { TILE };
+                    let panel_rows = if tb_end - tb > TILE { float::pack_panel(kind, bytes, rb, panel) } else { None };
+                    let tile = if panel_rows.is_some() { float::PANEL_TOKENS } else { TILE };
                     for t in (tb..tb_end).step_by(tile) {
                         let k = (tb_end - t).min(tile);
                         let a: [&[f32]; float::PANEL_TOKENS] =
@@ -172,8 +185,10 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
                             true => unsafe { out.part((t + j) * rows + s0, s1 - s0) },
                             false => &mut [],
                         });
-                        if let Some(panel) = packed {
-                            float::dot_panel(kind, panel, bytes, rb, &a[..k], &mut o[..k]);
+                        if let Some(panel) = panel_rows {
+                            // Token t starts a group of PANEL_TOKENS (token blocks are multiples).
+                            let acts = &packed[skip + t * main..][..k * main];
+                            float::dot_panel(kind, panel, bytes, rb, acts, &a[..k], &mut o[..k]);
                         } else {
                             float::dot_rows(kind, bytes, rb, &a[..k], &mut o[..k]);
                         }
@@ -184,7 +199,52 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
     });
 }
 
+/// Every token's activations laid out for the panel kernel ([`float::pack_acts`]) in groups of
+/// [`float::PANEL_TOKENS`], the last group short, from a 64-byte boundary at the returned
+/// offset (whole chunks then never straddle cache lines); spread over the pool when large.
+fn pack_float_acts(pool: &ThreadPool, x: &[f32], n: usize, cols: usize) -> Scratch<f32> {
+    let (main, group) = (cols / 8 * 8, float::PANEL_TOKENS);
+    let mut buf = Scratch::take(&PACKED_ACTS);
+    buf.0.resize(n * main + 16, 0.0);
+    buf.1 = buf.0.as_ptr().align_offset(64).min(16);
+    let skip = buf.1;
+    let shared = DisjointSlice::new(&mut buf.0[skip..skip + n * main]);
+    let groups = n.div_ceil(group);
+    let per_task =
+        if n * cols < 1 << 16 || pool.num_threads() == 1 { groups } else { groups.div_ceil(pool.num_threads() * 4) };
+    pool.run(groups.div_ceil(per_task), |task| {
+        for g in task * per_task..((task + 1) * per_task).min(groups) {
+            let (t0, t1) = (g * group, (g * group + group).min(n));
+            let acts: [&[f32]; float::PANEL_TOKENS] =
+                std::array::from_fn(|j| &x[(t0 + j).min(t1 - 1) * cols..][..cols]);
+            // SAFETY: group g's packed activations belong to this task alone.
+            float::pack_acts(&acts[..t1 - t0], unsafe { shared.part(t0 * main, (t1 - t0) * main) });
+        }
+    });
+    buf
+}
+
+/// A buffer taken from a thread's spare ([`Scratch::take`]), given back when dropped: a
+/// prefill's activations are hundreds of KiB, and a fresh allocation per matmul came from the
+/// kernel as zeroed pages, a page fault per 4 KiB. The `usize` is where its contents start.
+struct Scratch<T: 'static>(Vec<T>, usize, &'static LocalKey<Cell<Vec<T>>>);
+
+impl<T> Scratch<T> {
+    /// A nested matmul on this thread finds the buffer taken and starts an empty one.
+    fn take(key: &'static LocalKey<Cell<Vec<T>>>) -> Self {
+        Scratch(key.take(), 0, key)
+    }
+}
+
+impl<T> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        self.2.set(std::mem::take(&mut self.0));
+    }
+}
+
 thread_local! {
+    /// The calling thread's spare for [`pack_float_acts`].
+    static PACKED_ACTS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// Each thread's widened weights for the AVX-512 float path, kept between calls: a fresh
     /// buffer per task cost page faults on every matmul. A task borrows it only around kernel
     /// calls, which never start a matmul, so the borrow cannot nest.
@@ -276,27 +336,17 @@ fn token_block(act_bytes: usize) -> usize {
     (TOKEN_BLOCK_BYTES / act_bytes.max(1)).max(TILE) / TILE * TILE
 }
 
-/// A matmul's quantized activations, in this thread's spare buffer ([`ActBlock::scratch`]),
-/// which it goes back to when the matmul is done.
-struct Acts<A: ActBlock>(Vec<A>);
-
-impl<A: ActBlock> std::ops::Deref for Acts<A> {
-    type Target = [A];
-    fn deref(&self) -> &[A] {
+impl<T> std::ops::Deref for Scratch<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
         &self.0
     }
 }
 
-impl<A: ActBlock> Drop for Acts<A> {
-    fn drop(&mut self) {
-        A::scratch().set(std::mem::take(&mut self.0));
-    }
-}
-
-/// Quantizes each token's row; spread over the pool when there is enough of it.
-fn quantize_acts<A: ActBlock>(pool: &ThreadPool, x: &[f32], n: usize, cols: usize, apr: usize) -> Acts<A> {
-    // A nested matmul on this thread finds the buffer taken and starts an empty one.
-    let mut acts = Acts(A::scratch().take());
+/// Quantizes each token's row into this thread's spare buffer ([`ActBlock::scratch`]); spread
+/// over the pool when there is enough of it.
+fn quantize_acts<A: ActBlock>(pool: &ThreadPool, x: &[f32], n: usize, cols: usize, apr: usize) -> Scratch<A> {
+    let mut acts = Scratch::take(A::scratch());
     acts.0.resize(n * apr, A::default());
     if n * cols < 1 << 16 || pool.num_threads() == 1 {
         for (xs, a) in x.chunks_exact(cols).zip(acts.0.chunks_exact_mut(apr)) {

@@ -413,7 +413,7 @@ fn float_matmul_is_batch_invariant() {
     let mut rng = StdRng::seed_from_u64(11);
     let (one, two) = (ThreadPool::new(1), ThreadPool::new(2));
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        for (rows, cols) in [(1, 8), (7, 13), (29, 64), (50, 200)] {
+        for (rows, cols) in [(1, 8), (7, 13), (29, 64), (50, 200), (110, 1000)] {
             let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
             let w = QMatrix::new(dtype, rows, cols, crate::Bytes::from_vec(bytes)).unwrap();
             let n = 37;
@@ -471,7 +471,8 @@ fn hsum4_matches_hsum_ps_bit_for_bit() {
 }
 
 /// The AVX-512 panel kernel (where this CPU has it) gives the row kernel's bits for every tile
-/// shape: 1-8 tokens, row pairs in fours, threes, twos and ones, an odd last row, a column tail.
+/// shape: 1-8 tokens, row pairs in fours, threes, twos and ones, an odd last row, a column tail,
+/// more tiles than one batch and more columns than one K-block.
 #[test]
 fn float_panel_kernel_matches_the_row_kernel() {
     let mut rng = StdRng::seed_from_u64(12);
@@ -481,7 +482,8 @@ fn float_panel_kernel_matches_the_row_kernel() {
             DType::F16 => Float::F16,
             _ => Float::BF16,
         };
-        for (rows, cols) in [(1, 8), (2, 16), (7, 13), (11, 64), (24, 200)] {
+        // The last shape takes several batches of tiles and K-blocks, an odd row and a tail.
+        for (rows, cols) in [(1, 8), (2, 16), (7, 13), (11, 64), (24, 200), (83, 1545)] {
             let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
             let rb = cols * kind.bytes();
             let mut buf = vec![f32::NAN; 7]; // a used buffer: only its start is the panel
@@ -498,7 +500,9 @@ fn float_panel_kernel_matches_the_row_kernel() {
                     float::dot_rows(kind, &bytes, rb, a, w);
                 }
                 let mut g: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
-                float::dot_panel(kind, panel, &bytes, rb, &acts[..k], &mut g);
+                let mut packed = vec![f32::NAN; k * (cols / 8 * 8)];
+                float::pack_acts(&acts[..k], &mut packed);
+                float::dot_panel(kind, panel, &bytes, rb, &packed, &acts[..k], &mut g);
                 assert_eq!(got, want, "{} {rows}x{cols}, {k} tokens", dtype.name());
             }
         }
