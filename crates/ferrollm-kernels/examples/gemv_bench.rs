@@ -300,13 +300,15 @@ fn main() {
     }
 
     if section("panel") {
-        // The AVX-512 prefill kernel alone: a 12-row sub-block widened once, then 8 tokens per
-        // call, everything in L1 (or the acts in L2 for the 448-token case).
-        println!("\nFloat panel kernel, 1 thread, 12 rows; fastest of many calls");
+        // The AVX-512 prefill kernel alone, as the matmul calls it: one sub-block of
+        // PANEL_ROWS rows widened once, then 8 packed tokens per call (all in L1 for 8 tokens;
+        // the activations in L2 for more).
+        let rows = quant::float::PANEL_ROWS;
+        println!("\nFloat panel kernel, 1 thread, {rows} rows; fastest of many calls");
         for cols in [576usize, 1536] {
             let kind = quant::float::Float::F16;
             let rb = cols * kind.bytes();
-            let bytes: Vec<u8> = (0..12 * cols)
+            let bytes: Vec<u8> = (0..rows * cols)
                 .flat_map(|_| half::f16::from_f32(rng.f32() - 0.5).to_bits().to_le_bytes().to_vec())
                 .collect();
             let mut buf = Vec::new();
@@ -320,21 +322,24 @@ fn main() {
             let buf_ro = std::mem::take(&mut buf);
             let panel = &buf_ro[skip..skip + len];
             for ntok in [8usize, 64, 448] {
-                let xs: Vec<Vec<f32>> = (0..ntok).map(|_| (0..cols).map(|_| rng.f32()).collect()).collect();
-                let mut out = vec![0f32; 12 * ntok];
-                let packed: Vec<Vec<f32>> = xs
-                    .chunks(8)
-                    .map(|xb| {
-                        let acts: Vec<&[f32]> = xb.iter().map(|v| v.as_slice()).collect();
-                        let mut p = vec![0f32; xb.len() * cols];
-                        quant::float::pack_acts(&acts, &mut p);
-                        p
-                    })
-                    .collect();
+                let x: Vec<f32> = (0..ntok * cols).map(|_| rng.f32()).collect();
+                let mut out = vec![0f32; rows * ntok];
+                // Packed groups back to back from a 64-byte boundary, as the matmul lays them out.
+                let mut packed = vec![0f32; ntok * cols + 16];
+                let off = packed.as_ptr().align_offset(64).min(16);
+                for (g, xb) in x.chunks(8 * cols).enumerate() {
+                    let acts: Vec<&[f32]> = xb.chunks(cols).collect();
+                    quant::float::pack_acts(&acts, &mut packed[off + g * 8 * cols..][..xb.len()]);
+                }
                 let t = min_time(if ntok > 64 { 200 } else { 2000 }, || {
-                    for ((xb, ob), pb) in xs.chunks(8).zip(out.chunks_mut(96)).zip(&packed) {
-                        let acts: Vec<&[f32]> = xb.iter().map(|v| v.as_slice()).collect();
-                        let mut outs: Vec<&mut [f32]> = ob.chunks_mut(12).collect();
+                    for (g, ob) in out.chunks_mut(8 * rows).enumerate() {
+                        let acts: [&[f32]; 8] = std::array::from_fn(|j| &x[(8 * g + j) * cols..][..cols]);
+                        let mut outs: [&mut [f32]; 8] =
+                            [&mut [], &mut [], &mut [], &mut [], &mut [], &mut [], &mut [], &mut []];
+                        for (o, c) in outs.iter_mut().zip(ob.chunks_mut(rows)) {
+                            *o = c;
+                        }
+                        let pb = &packed[off + g * 8 * cols..][..8 * cols];
                         quant::float::dot_panel(kind, panel, &bytes, rb, pb, &acts, &mut outs);
                     }
                 });
@@ -344,7 +349,7 @@ fn main() {
                 });
                 println!(
                     "F16 cols {cols} tokens {ntok}: {:.1} GFLOP/s; pack {:.2} us ({:.1}% of the dots)",
-                    2.0 * (12 * ntok * cols) as f64 / t / 1e9,
+                    2.0 * (rows * ntok * cols) as f64 / t / 1e9,
                     pack * 1e6,
                     100.0 * pack / t
                 );

@@ -106,12 +106,16 @@ pub fn score(q: &[f32], k: impl Fn(usize) -> f32) -> f32 {
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
-    /// A cache element loaded eight at a time as f32 (f16 widened, which is exact): the one
-    /// load that the scores kernel and the value rows of `ops` (`Gather`) both use.
+    /// A cache element loaded eight (or, on AVX-512, sixteen) at a time as f32 (f16 widened,
+    /// which is exact): the one load that the scores kernel and the value rows of `ops`
+    /// (`Gather`) both use.
     pub trait Load8: Copy {
         /// # Safety
         /// Eight elements are readable at `p`; the CPU has AVX2 and F16C.
         unsafe fn load8(p: *const Self) -> __m256;
+        /// # Safety
+        /// Sixteen elements are readable at `p`; the CPU has AVX-512 F.
+        unsafe fn load16(p: *const Self) -> __m512;
     }
     impl Load8 for f32 {
         #[inline(always)]
@@ -119,12 +123,22 @@ pub(crate) mod x86 {
             // SAFETY: the caller's promise; unaligned load.
             unsafe { _mm256_loadu_ps(p) }
         }
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            // SAFETY: the caller's promise; unaligned load.
+            unsafe { _mm512_loadu_ps(p) }
+        }
     }
     impl Load8 for u16 {
         #[inline(always)]
         unsafe fn load8(p: *const u16) -> __m256 {
             // SAFETY: the caller's promise (16 bytes); unaligned load.
             unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn load16(p: *const u16) -> __m512 {
+            // SAFETY: the caller's promise (32 bytes); unaligned load.
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
         }
     }
 
@@ -136,13 +150,27 @@ pub(crate) mod x86 {
     pub unsafe fn scores<E: Load8>(
         q: &[f32],
         k: super::KeysT<E>,
-        k0: usize,
+        mut k0: usize,
         k1: usize,
         scale: f32,
         out: &mut [f32],
         stride: usize,
     ) {
         let (dim, bs) = (k.dim, k.bs);
+        if crate::quant::common::has_avx512f() && bs.is_multiple_of(16) && k0.is_multiple_of(16) {
+            // Whole vectors of sixteen keys on AVX-512 (each inside one block), then at most one
+            // vector of eight here: the outputs written stay within k1 rounded up to 8.
+            let end = k0 + (k1.next_multiple_of(8) - k0) / 16 * 16;
+            if end > k0 {
+                // SAFETY: AVX-512 F was detected; the keys k0..end are inside their blocks and
+                // their outputs inside `out`, as the caller promised for k0..k1 rounded up to 8.
+                unsafe { super::wide::scores(q, k, k0, end, scale, out, stride) };
+            }
+            if end >= k1 {
+                return;
+            }
+            k0 = end;
+        }
         let nq = q.len() / dim;
         // Start of each vector of eight keys: dim 0 of key 8v; dim d is d * bs further.
         let (v0, v1) = (k0 / 8, k1.div_ceil(8));
@@ -238,6 +266,117 @@ pub(crate) mod x86 {
     }
 }
 
+/// [`x86::scores`] with vectors of sixteen keys: each zmm lane does what an AVX2 lane does, so
+/// the scores keep their bits with half the loads, broadcasts and multiply-adds.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use super::x86::Load8;
+    use std::arch::x86_64::*;
+
+    /// Keys `k0..k1`, both multiples of 16, with `bs % 16 == 0`.
+    ///
+    /// # Safety
+    /// AVX-512 F, AVX2, FMA and F16C; the shapes [`super::scores`] checks, for keys up to `k1`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn scores<E: Load8>(
+        q: &[f32],
+        k: super::KeysT<E>,
+        k0: usize,
+        k1: usize,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let (dim, bs) = (k.dim, k.bs);
+        let nq = q.len() / dim;
+        let (v0, v1) = (k0 / 16, k1 / 16);
+        let key = |v: usize| {
+            let p = 16 * v;
+            // SAFETY: block p / bs exists and its panel is inside `base` (checked by the caller).
+            unsafe { k.base.as_ptr().add(k.blocks[p / bs] + p % bs) }
+        };
+        let mut r = 0;
+        while r < nq {
+            // As the AVX2 kernel: 6 queries × 2 key vectors, or 3 × 3 for decodes.
+            let rows = if nq - r >= 4 { (nq - r).min(6) } else { nq - r };
+            let width = if rows > 3 { 2 } else { 3 };
+            let mut v = v0;
+            while v < v1 {
+                let nv = (v1 - v).min(width);
+                let ks: [*const E; 3] = std::array::from_fn(|j| key(v + j.min(nv - 1)));
+                // SAFETY: rows r..r + rows of q exist; key vectors v..v + nv are inside their blocks
+                // for every dim; their outputs are inside `out`.
+                unsafe {
+                    let (qp, op) = (q.as_ptr().add(r * dim), out.as_mut_ptr().add(r * stride + 16 * v));
+                    macro_rules! go {
+                        ($($r:literal, $n:literal);*) => {
+                            match (rows, nv) {
+                                $(($r, $n) => tile::<E, $r, $n>(qp, dim, ks, bs, scale, op, stride),)*
+                                _ => unreachable!("tile {rows}x{nv}"),
+                            }
+                        };
+                    }
+                    go!(6, 2; 6, 1; 5, 2; 5, 1; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1);
+                }
+                v += nv;
+            }
+            r += rows;
+        }
+    }
+
+    /// The AVX2 `tile` with sixteen keys a vector.
+    ///
+    /// # Safety
+    /// As for the AVX2 tile, with AVX-512 F and 16·`N` outputs a row.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn tile<E: Load8, const R: usize, const N: usize>(
+        q: *const f32,
+        dim: usize,
+        k: [*const E; 3],
+        bs: usize,
+        scale: f32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let main = dim / 8 * 8;
+        let mut pair = [[[_mm512_setzero_ps(); 4]; N]; R];
+        for l in 0..8 {
+            let mut acc = [[_mm512_setzero_ps(); N]; R];
+            for d in (l..main).step_by(8) {
+                // SAFETY (loads): the caller's promise.
+                let kv: [__m512; N] = std::array::from_fn(|j| unsafe { E::load16(k[j].add(d * bs)) });
+                for r in 0..R {
+                    let qv = _mm512_set1_ps(unsafe { *q.add(r * dim + d) });
+                    for j in 0..N {
+                        acc[r][j] = _mm512_fmadd_ps(qv, kv[j], acc[r][j]);
+                    }
+                }
+            }
+            for r in 0..R {
+                for j in 0..N {
+                    pair[r][j][l % 4] = if l < 4 { acc[r][j] } else { _mm512_add_ps(pair[r][j][l % 4], acc[r][j]) };
+                }
+            }
+        }
+        let sv = _mm512_set1_ps(scale);
+        for r in 0..R {
+            for j in 0..N {
+                let p = &pair[r][j];
+                let mut s = _mm512_add_ps(_mm512_add_ps(p[0], p[2]), _mm512_add_ps(p[1], p[3]));
+                for d in main..dim {
+                    // SAFETY (loads): the caller's promise.
+                    let kv = unsafe { E::load16(k[j].add(d * bs)) };
+                    s = _mm512_fmadd_ps(_mm512_set1_ps(unsafe { *q.add(r * dim + d) }), kv, s);
+                }
+                // SAFETY: the caller's promise.
+                unsafe { _mm512_storeu_ps(out.add(r * stride + 16 * j), _mm512_mul_ps(s, sv)) };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,7 +386,9 @@ mod tests {
     fn simd_scores_equal_scalar_chains_bit_for_bit() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for (dim, bs) in [(64, 16), (24, 8), (13, 32), (64, 5), (8, 16)] {
+        // Blocks of 16 and 32 take the AVX-512 kernel where the CPU has it (key ranges from a
+        // multiple of 16, ending on a whole vector of 16 or with one of 8 for the AVX2 kernel).
+        for (dim, bs) in [(64, 16), (24, 8), (13, 32), (64, 5), (8, 16), (64, 32)] {
             let n_blocks = 12;
             let c32: Vec<f32> = (0..n_blocks * dim * bs).map(|_| rng.gen_range(-2.0..2.0)).collect();
             let c16: Vec<u16> = c32.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
@@ -256,7 +397,7 @@ mod tests {
             let blocks: Vec<usize> = order.iter().map(|&b| b * dim * bs).collect();
             for nq in [1usize, 2, 3, 4, 5, 6, 7, 13, 24] {
                 let q: Vec<f32> = (0..nq * dim).map(|_| rng.gen_range(-3.0..3.0)).collect();
-                for (k0, k1) in [(0, 1), (0, 8), (0, 37), (8, 64), (64, 100), (0, n_blocks * bs)] {
+                for (k0, k1) in [(0, 1), (0, 8), (0, 37), (8, 64), (64, 100), (16, 72), (32, 96), (0, n_blocks * bs)] {
                     if k1 > n_blocks * bs {
                         continue;
                     }

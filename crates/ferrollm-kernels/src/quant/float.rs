@@ -316,10 +316,9 @@ mod avx2 {
 /// Prefill on AVX-512 over a widened panel: rows in pairs, each pair's 8-column chunks side by
 /// side (`[row a: 8 | row b: 8]`, then the next chunk), so one 512-bit register holds a chunk
 /// of two rows and one broadcast holds 8 activations in both halves. Each half is exactly one
-/// of the AVX2 kernel's 8-lane FMA chains, summed by the same `hsum4_ps`.
+/// of the AVX2 kernel's 8-lane FMA chains, summed in `hsum4_ps`'s order.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::super::x86::hsum4_ps;
     use super::avx2::{load8, tile};
     use super::*;
     use std::arch::x86_64::*;
@@ -489,6 +488,12 @@ mod avx512 {
 
     /// Reduces a tile's accumulators (`P` pairs from row `r0`, as [`sums`] left them), adds the
     /// column tail and writes `outs[t][r0..r0 + 2P]`.
+    ///
+    /// Each output's 8 lanes are summed as `hsum4_ps` sums them, `((l0 + l4) + (l2 + l6)) +
+    /// ((l1 + l5) + (l3 + l7))`, but for 16 outputs at once: three rounds of two shuffles and an
+    /// add take 4 registers to 1 ([`round1`], [`round2`], [`round3`]), and one permute puts the
+    /// sums in output order. Pairs go two at a time (4 rows × 4 tokens a register), a last odd
+    /// pair alone (2 rows × 8 tokens); missing tokens are zeros whose sums are not stored.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn finish<const K: usize, const P: usize, const T: usize>(
@@ -499,33 +504,72 @@ mod avx512 {
         outs: &mut [&mut [f32]],
         r0: usize,
     ) {
+        // SAFETY: the first K-block (c0 = 0) wrote the tile's P·T accumulators.
+        let at = |p: usize, t: usize| if t < T { unsafe { acc[p * T + t].assume_init() } } else { _mm512_setzero_ps() };
+        let mut sums = [0f32; 16];
+        // Element 4e + q from element 4q + e: quarter e then holds element e of every quarter.
+        let transpose = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let mut p = 0;
+        while p + 2 <= P {
+            for t0 in (0..T).step_by(4) {
+                // Register quarter q, element e: row r0 + 2p + q, token t0 + e; then transposed.
+                let s: [__m512; 4] = std::array::from_fn(|e| round1(at(p, t0 + e), at(p + 1, t0 + e)));
+                let v = _mm512_permutexvar_ps(transpose, round3(round2(s[0], s[1]), round2(s[2], s[3])));
+                // SAFETY: `sums` holds 16 f32s; unaligned store.
+                unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), v) };
+                for (e, o) in outs[t0..T.min(t0 + 4)].iter_mut().enumerate() {
+                    o[r0 + 2 * p..][..4].copy_from_slice(&sums[4 * e..4 * e + 4]);
+                }
+            }
+            p += 2;
+        }
+        if p < P {
+            for t0 in (0..T).step_by(8) {
+                // Quarter q, element e: row r0 + 2p + q % 2, token t0 + 2e + q / 2; transposed,
+                // each token's two rows are side by side in token order.
+                let s: [__m512; 4] = std::array::from_fn(|e| round1(at(p, t0 + 2 * e), at(p, t0 + 2 * e + 1)));
+                let v = _mm512_permutexvar_ps(transpose, round3(round2(s[0], s[1]), round2(s[2], s[3])));
+                // SAFETY: `sums` holds 16 f32s; unaligned store.
+                unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), v) };
+                for (j, o) in outs[t0..T.min(t0 + 8)].iter_mut().enumerate() {
+                    o[r0 + 2 * p..][..2].copy_from_slice(&sums[2 * j..2 * j + 2]);
+                }
+            }
+        }
         let kind = KINDS[K];
         let cols = row_bytes / kind.bytes();
         let main = cols / 8 * 8;
-        for t in 0..T {
-            // Row r0 + 2p is pair p's low half, r0 + 2p + 1 its high half.
-            let halves: [__m256; 8] = std::array::from_fn(|i| {
-                // SAFETY: the first K-block (c0 = 0) wrote the tile's P·T accumulators.
-                let v = if i / 2 < P { unsafe { acc[i / 2 * T + t].assume_init() } } else { _mm512_setzero_ps() };
-                if i % 2 == 0 {
-                    _mm512_castps512_ps256(v)
-                } else {
-                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
-                }
-            });
-            let mut sums = [0f32; 8];
-            // SAFETY: `sums` holds 8 f32s; unaligned stores.
-            unsafe {
-                _mm_storeu_ps(sums.as_mut_ptr(), hsum4_ps(halves[..4].try_into().unwrap()));
-                _mm_storeu_ps(sums.as_mut_ptr().add(4), hsum4_ps(halves[4..].try_into().unwrap()));
-            }
-            if main < cols {
-                for (r, s) in sums[..2 * P].iter_mut().enumerate() {
+        if main < cols {
+            for (a, o) in acts.iter().zip(outs.iter_mut()) {
+                for (r, s) in o[r0..r0 + 2 * P].iter_mut().enumerate() {
                     let row = &bytes[(r0 + r) * row_bytes..][..row_bytes];
-                    *s += (main..cols).map(|i| kind.get(row, i) * acts[t][i]).sum::<f32>();
+                    *s += (main..cols).map(|i| kind.get(row, i) * a[i]).sum::<f32>();
                 }
             }
-            outs[t][r0..r0 + 2 * P].copy_from_slice(&sums[..2 * P]);
         }
+    }
+
+    /// Two accumulators `[row a: 8 | row b: 8]` to their 4 rows' first sums: quarter `q` is
+    /// row `q` (a's two, then b's two) as `[l0 + l4, l1 + l5, l2 + l6, l3 + l7]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn round1(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+    }
+
+    /// Two [`round1`] results to `[a02, a13, b02, b13]` in each quarter (`02` = lanes 0 + 2 of
+    /// that quarter's row).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn round2(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(a, b), _mm512_shuffle_ps::<0b11_10_11_10>(a, b))
+    }
+
+    /// Two [`round2`] results to the four final sums of each quarter: element `e` is the row of
+    /// the `e`-th [`round1`] input (a's a, a's b, b's a, b's b).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn round3(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(a, b), _mm512_shuffle_ps::<0b11_01_11_01>(a, b))
     }
 }
