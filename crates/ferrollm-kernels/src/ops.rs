@@ -79,12 +79,18 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `gate = silu(gate) * up`, the SwiGLU activation: AVX2 where the CPU has it, else
-/// [`silu_mul_scalar`]; both give the same bits, the exponential evaluated in f64 and rounded
+/// `gate = silu(gate) * up`, the SwiGLU activation: AVX-512 or AVX2 where the CPU has it, else
+/// [`silu_mul_scalar`]; all give the same bits, the exponential evaluated in f64 and rounded
 /// once). ggml's own f32 `expf` here moved SmolLM2's agreement with llama.cpp from 0.9690 to
 /// 0.9601, so this one stays.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx512f() {
+        // SAFETY: AVX-512 F, with AVX2 and FMA, was detected at run time; lengths are equal.
+        unsafe { x86::silu_mul_avx512(gate, up) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::quant::common::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time; lengths are equal (asserted above).
@@ -368,7 +374,8 @@ fn axpy_many_shape(w: &[f32], w_stride: usize, n: &[usize], v: &[f32], dim: usiz
 /// where the CPU has it, else [`axpy_many_scalar`], as for [`axpy`]).
 ///
 /// The AVX2 kernel keeps a block of 4 rows by 16 columns in registers across all the keys, so
-/// each chunk of `v` it loads serves 4 rows and no partial sum goes through memory.
+/// each chunk of `v` it loads serves 4 rows and no partial sum goes through memory; with AVX-512
+/// F, blocks of 4 rows by 64 (then 32) columns come first, in zmm registers.
 pub fn axpy_many(w: &[f32], w_stride: usize, n: &[usize], v: &[f32], dim: usize, out: &mut [f32]) {
     axpy_many_shape(w, w_stride, n, v, dim, out);
     #[cfg(target_arch = "x86_64")]
@@ -417,8 +424,8 @@ fn exp_lane(x: f32) -> f32 {
     (p * scale) as f32
 }
 
-/// Softmax of `x` in place, computed as llama.cpp's CPU softmax computes it (AVX2+FMA where the
-/// CPU has it, else [`softmax_scalar`]; both give the same bits).
+/// Softmax of `x` in place, computed as llama.cpp's CPU softmax computes it (AVX-512 or AVX2+FMA
+/// where the CPU has it, else [`softmax_scalar`]; all give the same bits).
 ///
 /// Why its order: attention scores already follow llama.cpp's f16 GEMM bit for bit
 /// ([`crate::scores`]); with the softmax too, greedy tokens agree with it more often at near-ties
@@ -432,6 +439,12 @@ fn exp_lane(x: f32) -> f32 {
 ///
 /// The result is a function of `x` alone.
 pub fn softmax(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::common::has_avx512f() {
+        // SAFETY: AVX-512 F, with AVX2 and FMA, was detected at run time.
+        unsafe { x86::softmax_avx512(x) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::quant::common::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
@@ -517,14 +530,19 @@ mod x86 {
     /// place from a paged cache (f32, or f16 widened in registers, which is exact), so that the
     /// same kernel, hence the same float operations, serves both.
     ///
-    /// Methods are `#[inline(always)]` and only called from AVX2+FMA+F16C functions, into which
-    /// they inline, intrinsics included.
+    /// Methods are `#[inline(always)]` and only called from AVX2+FMA+F16C functions (AVX-512 F
+    /// ones too for [`Rows8::load16`]), into which they inline, intrinsics included.
     pub trait Rows8: Copy {
         /// Eight floats of row `p` from column `i`.
         ///
         /// # Safety
         /// Row `p` exists and holds at least `i + 8` values; the CPU has AVX2 and F16C.
         unsafe fn load8(self, p: usize, i: usize) -> __m256;
+        /// Sixteen floats of row `p` from column `i`.
+        ///
+        /// # Safety
+        /// Row `p` exists and holds at least `i + 16` values; the CPU has AVX-512 F.
+        unsafe fn load16(self, p: usize, i: usize) -> __m512;
         /// Value `i` of row `p`, under the same conditions.
         unsafe fn at(self, p: usize, i: usize) -> f32;
     }
@@ -540,6 +558,11 @@ mod x86 {
             unsafe { _mm256_loadu_ps(self.0.add(p * self.1 + i)) }
         }
         #[inline(always)]
+        unsafe fn load16(self, p: usize, i: usize) -> __m512 {
+            // SAFETY: the caller's promise.
+            unsafe { _mm512_loadu_ps(self.0.add(p * self.1 + i)) }
+        }
+        #[inline(always)]
         unsafe fn at(self, p: usize, i: usize) -> f32 {
             // SAFETY: the caller's promise.
             unsafe { *self.0.add(p * self.1 + i) }
@@ -550,16 +573,43 @@ mod x86 {
     #[derive(Clone, Copy)]
     pub struct Gather<E>(pub *const E, pub *const usize);
 
-    impl<E: Load8 + super::GatherElem> Rows8 for Gather<E> {
+    impl<E: Load16 + super::GatherElem> Rows8 for Gather<E> {
         #[inline(always)]
         unsafe fn load8(self, p: usize, i: usize) -> __m256 {
             // SAFETY: the caller's promise.
             unsafe { E::load8(self.0.add(*self.1.add(p) + i)) }
         }
         #[inline(always)]
+        unsafe fn load16(self, p: usize, i: usize) -> __m512 {
+            // SAFETY: the caller's promise.
+            unsafe { E::load16(self.0.add(*self.1.add(p) + i)) }
+        }
+        #[inline(always)]
         unsafe fn at(self, p: usize, i: usize) -> f32 {
             // SAFETY: the caller's promise.
             unsafe { *self.0.add(*self.1.add(p) + i) }.to_f32()
+        }
+    }
+
+    /// [`Load8`] sixteen elements wide, for the AVX-512 blocks of [`axpy_many_from`] (f16 widened
+    /// exactly by `vcvtph2ps` from 256 bits, as `Load8` does from 128).
+    pub trait Load16: Load8 {
+        /// # Safety
+        /// Sixteen elements are readable at `p`; the CPU has AVX-512 F.
+        unsafe fn load16(p: *const Self) -> __m512;
+    }
+    impl Load16 for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            // SAFETY: the caller's promise; unaligned load.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+    }
+    impl Load16 for u16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const u16) -> __m512 {
+            // SAFETY: the caller's promise (32 bytes); unaligned load.
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
         }
     }
 
@@ -686,12 +736,33 @@ mod x86 {
         unsafe { axpy_many_from(w, w_stride, n, Dense(v.as_ptr(), dim), dim, out) }
     }
 
-    /// [`axpy_many`] with values from any row source.
+    /// [`axpy_many`] with values from any row source, in AVX-512 blocks first where the CPU has
+    /// AVX-512 F (the same bits: each element's chain is the same either way).
     ///
     /// # Safety
     /// As for [`axpy_many`], with `v` holding rows `0..max(n)` of `dim` floats.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn axpy_many_from<V: Rows8>(w: &[f32], w_stride: usize, n: &[usize], v: V, dim: usize, out: &mut [f32]) {
+        let wide = crate::quant::common::has_avx512f();
+        // SAFETY: the caller's promise; `wide` only where AVX-512 F was detected.
+        unsafe { axpy_many_tiered(w, w_stride, n, v, dim, out, wide) }
+    }
+
+    /// [`axpy_many_from`] with the AVX-512 blocks (`wide`) or without, so that tests can compare
+    /// the two on one CPU.
+    ///
+    /// # Safety
+    /// As for [`axpy_many_from`]; `wide` only where the CPU has AVX-512 F.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy_many_tiered<V: Rows8>(
+        w: &[f32],
+        w_stride: usize,
+        n: &[usize],
+        v: V,
+        dim: usize,
+        out: &mut [f32],
+        wide: bool,
+    ) {
         let rows = n.len();
         let (pw, po) = (w.as_ptr(), out.as_mut_ptr());
         let mut r = 0;
@@ -700,9 +771,13 @@ mod x86 {
             let counts = &n[r..r + nr];
             let mut d = 0;
             // SAFETY (the blocks): rows r..r + nr of `out` exist, their counts are within `v`'s
-            // rows and `w`'s length, and columns d..d + 16 (resp. d + 8) are below `dim`.
+            // rows and `w`'s length, and columns d..d + 16 (resp. d + 8) are below `dim`; the
+            // AVX-512 blocks run only where the caller promises AVX-512 F.
             unsafe {
                 let (w_r, o_r) = (pw.add(r * w_stride), po.add(r * dim));
+                if wide {
+                    d = axpy_cols_avx512(w_r, w_stride, counts, v, dim, o_r);
+                }
                 while d + 16 <= dim {
                     match nr {
                         4 => axpy_block::<4, 2, V>(w_r, w_stride, counts, v, dim, d, o_r),
@@ -798,6 +873,110 @@ mod x86 {
             }
         }
     }
+
+    /// Columns `0..dim / 32 * 32` of the `n.len()` (1 to 4) rows of `out`, in blocks of 64 then
+    /// 32 columns (4 × 64 is 16 zmm accumulators, half the register file, so each value load
+    /// serves 4 rows); returns how many columns it did.
+    ///
+    /// # Safety
+    /// AVX-512 F, AVX2, FMA and F16C; `1 <= n.len() <= 4`; otherwise as for [`axpy_block`], for
+    /// every block of columns below `dim`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn axpy_cols_avx512<V: Rows8>(
+        w: *const f32,
+        w_stride: usize,
+        n: &[usize],
+        v: V,
+        dim: usize,
+        out: *mut f32,
+    ) -> usize {
+        let mut d = 0;
+        // SAFETY (the blocks): the caller's promise, with columns d..d + 64 (resp. d + 32) below
+        // `dim`.
+        unsafe {
+            while d + 64 <= dim {
+                match n.len() {
+                    4 => axpy_block512::<4, 4, V>(w, w_stride, n, v, dim, d, out),
+                    3 => axpy_block512::<3, 4, V>(w, w_stride, n, v, dim, d, out),
+                    2 => axpy_block512::<2, 4, V>(w, w_stride, n, v, dim, d, out),
+                    _ => axpy_block512::<1, 4, V>(w, w_stride, n, v, dim, d, out),
+                }
+                d += 64;
+            }
+            if d + 32 <= dim {
+                match n.len() {
+                    4 => axpy_block512::<4, 2, V>(w, w_stride, n, v, dim, d, out),
+                    3 => axpy_block512::<3, 2, V>(w, w_stride, n, v, dim, d, out),
+                    2 => axpy_block512::<2, 2, V>(w, w_stride, n, v, dim, d, out),
+                    _ => axpy_block512::<1, 2, V>(w, w_stride, n, v, dim, d, out),
+                }
+                d += 32;
+            }
+        }
+        d
+    }
+
+    /// [`axpy_block`] for columns `d0..d0 + 16 * C`, sixteen per zmm register: every element
+    /// goes through the same fused multiply-adds in the same order.
+    ///
+    /// # Safety
+    /// AVX-512 F, AVX2, FMA and F16C; `n.len() == R`; row `r` of `out` and rows `p < n[r]` of `v`
+    /// hold at least `d0 + 16 * C <= dim` floats, and `w` is readable at `r * w_stride + p` for
+    /// `p < n[r]`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn axpy_block512<const R: usize, const C: usize, V: Rows8>(
+        w: *const f32,
+        w_stride: usize,
+        n: &[usize],
+        v: V,
+        dim: usize,
+        d0: usize,
+        out: *mut f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut vv = [_mm512_setzero_ps(); C];
+        // SAFETY (all loads and stores below): inside the rows and columns the caller promises.
+        for r in 0..R {
+            for c in 0..C {
+                acc[r][c] = unsafe { _mm512_loadu_ps(out.add(r * dim + d0 + 16 * c)) };
+            }
+        }
+        let (lo, hi) = (n.iter().copied().min().unwrap_or(0), n.iter().copied().max().unwrap_or(0));
+        // Keys every row takes.
+        for p in 0..lo {
+            for c in 0..C {
+                vv[c] = unsafe { v.load16(p, d0 + 16 * c) };
+            }
+            for r in 0..R {
+                let a = _mm512_set1_ps(unsafe { *w.add(r * w_stride + p) });
+                for c in 0..C {
+                    acc[r][c] = _mm512_fmadd_ps(a, vv[c], acc[r][c]);
+                }
+            }
+        }
+        // Keys only the rows with longer contexts take.
+        for p in lo..hi {
+            for c in 0..C {
+                vv[c] = unsafe { v.load16(p, d0 + 16 * c) };
+            }
+            for r in 0..R {
+                if p < n[r] {
+                    let a = _mm512_set1_ps(unsafe { *w.add(r * w_stride + p) });
+                    for c in 0..C {
+                        acc[r][c] = _mm512_fmadd_ps(a, vv[c], acc[r][c]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                unsafe { _mm512_storeu_ps(out.add(r * dim + d0 + 16 * c), acc[r][c]) };
+            }
+        }
+    }
+
     /// Four lanes of `super::exp_lane`, operation for operation.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -861,6 +1040,76 @@ mod x86 {
         let lo = exp4(_mm256_castps256_ps128(x));
         let hi = exp4(_mm256_extractf128_ps(x, 1));
         _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1)
+    }
+
+    /// Eight lanes of `super::exp_lane` in one zmm of f64, operation for operation as [`exp4`]
+    /// (`vrndscalepd` with mode 0 rounds to nearest even, as `vroundpd` does).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    fn exp8_f64(x: __m256) -> __m256 {
+        let x = _mm512_cvtps_pd(x);
+        let x = _mm512_max_pd(_mm512_set1_pd(-200.0), x);
+        let x = _mm512_min_pd(_mm512_set1_pd(100.0), x);
+        let n = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(
+            x,
+            _mm512_set1_pd(std::f64::consts::LOG2_E),
+        ));
+        let r = _mm512_fnmadd_pd(n, _mm512_set1_pd(std::f64::consts::LN_2), x);
+        let mut p = _mm512_set1_pd(super::EXP_TAYLOR[0]);
+        for &c in &super::EXP_TAYLOR[1..] {
+            p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(c));
+        }
+        p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0));
+        let k = _mm512_castpd_si512(_mm512_add_pd(n, _mm512_set1_pd(6755399441055744.0)));
+        let scale = _mm512_castsi512_pd(_mm512_slli_epi64::<52>(_mm512_add_epi64(k, _mm512_set1_epi64(1023))));
+        _mm512_cvtpd_ps(_mm512_mul_pd(p, scale))
+    }
+
+    /// Sixteen lanes of `super::exp_lane`: two [`exp8_f64`], half the instructions of [`exp8`]
+    /// per lane.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    fn exp16(x: __m512) -> __m512 {
+        let lo = exp8_f64(_mm512_castps512_ps256(x));
+        let hi = exp8_f64(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x))));
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi)))
+    }
+
+    /// [`exp16`] on 16 floats, for the tests.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, AVX2 and FMA.
+    #[cfg(test)]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn exp16_slice(x: &[f32; 16]) -> [f32; 16] {
+        let mut out = [0f32; 16];
+        // SAFETY: both arrays hold 16 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), exp16(_mm512_loadu_ps(x.as_ptr()))) };
+        out
+    }
+
+    /// [`silu_mul`] sixteen lanes at a time, the same operations per lane; the last `len % 16`
+    /// go through the AVX2 kernel (and its scalar tail).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, AVX2 and FMA, and `gate.len() == up.len()`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn silu_mul_avx512(gate: &mut [f32], up: &[f32]) {
+        let n = gate.len();
+        let body = n / 16 * 16;
+        let (pg, pu) = (gate.as_mut_ptr(), up.as_ptr());
+        let one = _mm512_set1_ps(1.0);
+        for i in (0..body).step_by(16) {
+            // SAFETY: i + 16 <= body <= n, and both slices hold n floats; `gate` is borrowed mutably.
+            unsafe {
+                let g = _mm512_loadu_ps(pg.add(i));
+                let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+                let s = _mm512_div_ps(g, _mm512_add_ps(one, e));
+                _mm512_storeu_ps(pg.add(i), _mm512_mul_ps(s, _mm512_loadu_ps(pu.add(i))));
+            }
+        }
+        // SAFETY: AVX2 and FMA are among this function's features; the tails have equal lengths.
+        unsafe { silu_mul(&mut gate[body..], &up[body..]) }
     }
 
     /// Eight lanes of `super::expf_ggml`, operation for operation.
@@ -963,6 +1212,138 @@ mod x86 {
         }
         for v in chunks.into_remainder() {
             *v *= inv;
+        }
+    }
+
+    /// Sixteen lanes of `super::expf_ggml`, operation for operation as [`expf_ggml8`] (lane
+    /// masks in place of its blends; `vpandd` with the sign cleared in place of `vandnps`).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    fn expf_ggml16(x: __m512) -> __m512 {
+        let c = super::GGML_EXP.map(|b| _mm512_set1_ps(f32::from_bits(b)));
+        let z = _mm512_fmadd_ps(x, c[1], c[0]);
+        let n = _mm512_sub_ps(z, c[0]);
+        let b = _mm512_fnmadd_ps(n, c[2], _mm512_fnmadd_ps(n, c[3], x));
+        let e = _mm512_slli_epi32::<23>(_mm512_castps_si512(z));
+        let k = _mm512_castsi512_ps(_mm512_add_epi32(e, _mm512_castps_si512(_mm512_set1_ps(1.0))));
+        let abs_n = _mm512_abs_ps(n);
+        let special = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(abs_n, _mm512_set1_ps(126.0));
+        let u = _mm512_mul_ps(b, b);
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(_mm512_fmadd_ps(c[4], b, c[5]), u, _mm512_fmadd_ps(c[6], b, c[7])),
+            u,
+            _mm512_mul_ps(c[8], b),
+        );
+        let fast = _mm512_fmadd_ps(k, j, k);
+        if special == 0 {
+            return fast;
+        }
+        let g = _mm512_maskz_mov_epi32(
+            _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps()),
+            _mm512_set1_epi32(0x8200_0000u32 as i32),
+        );
+        let s1 = _mm512_castsi512_ps(_mm512_add_epi32(g, _mm512_set1_epi32(0x7f00_0000)));
+        let s2 = _mm512_castsi512_ps(_mm512_sub_epi32(e, g));
+        let huge = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(abs_n, _mm512_set1_ps(192.0));
+        let scaled = _mm512_mul_ps(_mm512_fmadd_ps(s2, j, s2), s1);
+        let y = _mm512_mask_blend_ps(special, fast, scaled);
+        _mm512_mask_blend_ps(huge, y, _mm512_mul_ps(s1, s1))
+    }
+
+    /// [`expf_ggml16`] on 16 floats, for the tests.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, AVX2 and FMA.
+    #[cfg(test)]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn expf_ggml16_slice(x: &[f32; 16]) -> [f32; 16] {
+        let mut out = [0f32; 16];
+        // SAFETY: both arrays hold 16 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), expf_ggml16(_mm512_loadu_ps(x.as_ptr()))) };
+        out
+    }
+
+    /// The sums of lanes 0..8 and of lanes 8..16 of `e`, each in [`softmax`]'s order for an
+    /// eight: `((e0 + e4) + (e2 + e6)) + ((e1 + e5) + (e3 + e7))`, operands as there.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    fn sum_eights(e: __m512) -> (f32, f32) {
+        // Lane m < 4 of each eight: e[m + 4] + e[m] (the 128-bit halves of each eight swapped).
+        let t = _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_11_00_01>(e, e), e);
+        // Lanes 0 and 1: t0 + t2 and t1 + t3 (`movhlps`), then lane 0 their sum (`movshdup`).
+        let t = _mm512_add_ps(t, _mm512_permute_ps::<0b11_10_11_10>(t));
+        let t = _mm512_add_ps(t, _mm512_movehdup_ps(t));
+        (_mm512_cvtss_f32(t), _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(t)))
+    }
+
+    /// [`softmax`] sixteen lanes at a time: the maximum, the exponentials and the scaling are
+    /// element-wise (the maximum exact in any order), and each sixteen's two eights are summed
+    /// and added to the f64 sum in order, as [`softmax`] adds them. Partial sixteens use masked
+    /// loads and stores.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn softmax_avx512(x: &mut [f32]) {
+        let len = x.len();
+        let p = x.as_mut_ptr();
+        let (body, rest) = (len / 16 * 16, len % 16);
+        // Lanes 0..rest of the partial sixteen at `body`.
+        let tail: __mmask16 = ((1u32 << rest) - 1) as u16;
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut vmax = neg_inf;
+        for i in (0..body).step_by(16) {
+            // SAFETY: i + 16 <= len, and `x` holds len floats.
+            vmax = _mm512_max_ps(vmax, unsafe { _mm512_loadu_ps(p.add(i)) });
+        }
+        if rest > 0 {
+            // SAFETY: lanes 0..rest are x[body..len]; masked-off lanes are not read.
+            vmax = _mm512_max_ps(vmax, unsafe { _mm512_mask_loadu_ps(neg_inf, tail, p.add(body)) });
+        }
+        let hi8 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(vmax)));
+        let m8 = _mm256_max_ps(hi8, _mm512_castps512_ps256(vmax));
+        let m4 = _mm_max_ps(_mm256_extractf128_ps(m8, 1), _mm256_castps256_ps128(m8));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let vm = _mm512_set1_ps(_mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2))));
+        let mut sum = 0f64;
+        for i in (0..body).step_by(16) {
+            // SAFETY: i + 16 <= len, and `x` holds len floats, borrowed mutably.
+            let e = unsafe {
+                let e = expf_ggml16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), vm));
+                _mm512_storeu_ps(p.add(i), e);
+                e
+            };
+            let (lo, hi) = sum_eights(e);
+            sum += lo as f64;
+            sum += hi as f64;
+        }
+        if rest > 0 {
+            // Lanes past the end count as 0 (llama.cpp's masked keys), as in [`softmax`].
+            // SAFETY: lanes 0..rest are x[body..len], borrowed mutably; masked-off lanes are
+            // neither read nor written.
+            let e = unsafe {
+                let v = _mm512_maskz_loadu_ps(tail, p.add(body));
+                let e = _mm512_maskz_mov_ps(tail, expf_ggml16(_mm512_sub_ps(v, vm)));
+                _mm512_mask_storeu_ps(p.add(body), tail, e);
+                e
+            };
+            let (lo, hi) = sum_eights(e);
+            sum += lo as f64;
+            if rest > 8 {
+                sum += hi as f64;
+            }
+        }
+        let vinv = _mm512_set1_ps((1.0 / sum) as f32);
+        for i in (0..body).step_by(16) {
+            // SAFETY: i + 16 <= len, and `x` holds len floats, borrowed mutably.
+            unsafe { _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), vinv)) };
+        }
+        if rest > 0 {
+            // SAFETY: as for the exponentials of the partial sixteen.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(tail, p.add(body));
+                _mm512_mask_storeu_ps(p.add(body), tail, _mm512_mul_ps(v, vinv));
+            }
         }
     }
 }
@@ -1257,6 +1638,184 @@ mod tests {
                     bits(&got[r * stride + len..][..stride - len]),
                     bits(&x[r * stride + len..][..stride - len])
                 );
+            }
+        }
+    }
+
+    /// Bits equal, or both NaN (payloads are not part of the contract).
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+    }
+
+    /// Random values in `-spread..spread`, about one in six replaced by a special value (if any).
+    fn with_specials(rng: &mut impl rand::Rng, n: usize, spread: f32, special: &[f32]) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                if !special.is_empty() && rng.gen_range(0..6) == 0 {
+                    special[rng.gen_range(0..special.len())]
+                } else {
+                    rng.gen_range(-spread..spread)
+                }
+            })
+            .collect()
+    }
+
+    /// The AVX-512 `silu_mul` (and its 16-lane exponential over the whole range) gives the AVX2
+    /// kernel's and the scalar twin's bits, tails of every length included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn silu_mul_avx512_matches_avx2_and_scalar_bit_for_bit() {
+        use rand::{Rng, SeedableRng};
+        if !crate::quant::common::has_avx512f() {
+            eprintln!("no AVX-512 F here: silu_mul never takes its AVX-512 path, nothing to compare");
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(37);
+        let inf = f32::INFINITY;
+        let special = [0.0, -0.0, 88.0, -88.0, 104.0, -104.0, 200.0, -200.0, 1e30, -1e30, 1e-40, inf, -inf, f32::NAN];
+        for n in [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 100, 1000, 1023] {
+            for spread in [1.0f32, 30.0, 120.0] {
+                let g = with_specials(&mut rng, n, spread, &special);
+                let u: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                let (mut wide, mut avx2, mut scalar) = (g.clone(), g.clone(), g.clone());
+                // SAFETY: AVX-512 F (with AVX2 and FMA) was detected above; lengths are equal.
+                unsafe {
+                    x86::silu_mul_avx512(&mut wide, &u);
+                    x86::silu_mul(&mut avx2, &u);
+                }
+                silu_mul_scalar(&mut scalar, &u);
+                assert!(same_bits(&wide, &scalar), "silu_mul n={n} spread={spread}: {wide:?} vs {scalar:?}");
+                assert!(same_bits(&wide, &avx2), "silu_mul vs AVX2 n={n} spread={spread}");
+            }
+        }
+        let xs: Vec<f32> = (0..200_000)
+            .map(|i| -110.0 + i as f32 * 0.001)
+            .chain([0.0, -0.0, 88.0, 88.5, 100.0, 101.0, -200.0, -201.0, -1e30, 1e30, 1e-40])
+            .chain([f32::INFINITY, f32::NEG_INFINITY, f32::NAN])
+            .collect();
+        for chunk in xs.chunks(16) {
+            let mut lanes = [0f32; 16];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            // SAFETY: AVX-512 F (with AVX2 and FMA) was detected above.
+            let v = unsafe { x86::exp16_slice(&lanes) };
+            let want = lanes.map(exp_lane);
+            assert!(same_bits(&v, &want), "exp16({lanes:?}) = {v:?}, want {want:?}");
+        }
+    }
+
+    /// The AVX-512 softmax (and its 16-lane ggml exponential) gives the AVX2 kernel's and the
+    /// scalar twin's bits: same sums of each eight, added in the same order.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn softmax_avx512_matches_avx2_and_scalar_bit_for_bit() {
+        use rand::SeedableRng;
+        if !crate::quant::common::has_avx512f() {
+            eprintln!("no AVX-512 F here: softmax never takes its AVX-512 path, nothing to compare");
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+        // Masked keys (-inf), and values far enough below the rest for subnormal or zero weights.
+        let special = [f32::NEG_INFINITY, -0.0, 0.0, -90.0, -104.0, -150.0, -300.0];
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 23, 24, 25, 31, 32, 33, 64, 65, 100, 300, 1000] {
+            for spread in [0.5f32, 10.0, 120.0] {
+                for specials in [&special[..0], &special[..]] {
+                    let x = with_specials(&mut rng, n, spread, specials);
+                    let (mut wide, mut avx2, mut scalar) = (x.clone(), x.clone(), x.clone());
+                    // SAFETY: AVX-512 F (with AVX2 and FMA) was detected above.
+                    unsafe {
+                        x86::softmax_avx512(&mut wide);
+                        x86::softmax(&mut avx2);
+                    }
+                    softmax_scalar(&mut scalar);
+                    assert!(same_bits(&wide, &scalar), "softmax n={n} spread={spread}: {wide:?} vs {scalar:?}");
+                    assert!(same_bits(&wide, &avx2), "softmax vs AVX2 n={n} spread={spread}");
+                }
+            }
+        }
+        // A row of masked keys only: NaN everywhere, as the scalar twin.
+        let (mut wide, mut scalar) = (vec![f32::NEG_INFINITY; 21], vec![f32::NEG_INFINITY; 21]);
+        // SAFETY: AVX-512 F (with AVX2 and FMA) was detected above.
+        unsafe { x86::softmax_avx512(&mut wide) };
+        softmax_scalar(&mut scalar);
+        assert!(same_bits(&wide, &scalar));
+        let xs: Vec<f32> = (0..300_000)
+            .map(|i| -150.0 + i as f32 * 0.0008)
+            .chain([0.0, -0.0, 88.3, 88.4, 88.7, 89.0, -87.0, -103.0, -104.5, -200.0, -1e30])
+            .chain([f32::NEG_INFINITY, f32::INFINITY, f32::NAN])
+            .collect();
+        for chunk in xs.chunks(16) {
+            let mut lanes = [0f32; 16];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            // SAFETY: AVX-512 F (with AVX2 and FMA) was detected above.
+            let v = unsafe { x86::expf_ggml16_slice(&lanes) };
+            let want = lanes.map(expf_ggml);
+            assert!(same_bits(&v, &want), "expf_ggml16({lanes:?}) = {v:?}, want {want:?}");
+        }
+    }
+
+    /// The AVX-512 blocks of `axpy_many` (dense f32 rows, gathered f32 and f16 rows) give the
+    /// bits of the AVX2 blocks and of one `axpy` per key, for every width and row-group size.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn axpy_many_avx512_blocks_match_avx2_blocks_bit_for_bit() {
+        use rand::seq::SliceRandom;
+        use rand::{Rng, SeedableRng};
+        if !crate::quant::common::has_avx512f() {
+            eprintln!("no AVX-512 F here: axpy_many never takes its AVX-512 blocks, nothing to compare");
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(43);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for dim in [1, 7, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 80, 96, 100, 128, 200] {
+            for (nq, nk) in [(1, 1), (1, 9), (2, 3), (3, 2), (4, 5), (5, 9), (6, 7), (7, 3), (9, 17), (24, 13)] {
+                let ws = nk + 2;
+                let w: Vec<f32> = (0..nq * ws).map(|_| rng.gen_range(0.0..1.0)).collect();
+                let n: Vec<usize> = (0..nq).map(|r| if r == 0 { nk } else { rng.gen_range(0..=nk) }).collect();
+                let init: Vec<f32> = (0..nq * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                // Dense rows, and the same rows at shuffled offsets of a cache, as f32 and as f16.
+                let k16: Vec<u16> =
+                    (0..nk * dim).map(|_| half::f16::from_f32(rng.gen_range(-2.0..2.0)).to_bits()).collect();
+                let mut k = vec![0f32; nk * dim];
+                f16_to_f32_row_scalar(&k16, &mut k);
+                let mut slots: Vec<usize> = (0..nk + 3).collect();
+                slots.shuffle(&mut rng);
+                let offs: Vec<usize> = slots[..nk].iter().map(|&s| s * dim).collect();
+                let (mut c32, mut c16) = (vec![0f32; (nk + 3) * dim], vec![0u16; (nk + 3) * dim]);
+                for (p, &o) in offs.iter().enumerate() {
+                    c32[o..o + dim].copy_from_slice(&k[p * dim..][..dim]);
+                    c16[o..o + dim].copy_from_slice(&k16[p * dim..][..dim]);
+                }
+                axpy_many_shape(&w, ws, &n, &k, dim, &init);
+                let run = |wide: bool, src: u8| {
+                    let mut out = init.clone();
+                    // SAFETY: AVX-512 F (with AVX2, FMA and F16C) was detected above; the shapes
+                    // were checked, and every gathered row lies inside its cache.
+                    unsafe {
+                        match src {
+                            0 => x86::axpy_many_tiered(&w, ws, &n, x86::Dense(k.as_ptr(), dim), dim, &mut out, wide),
+                            1 => {
+                                let g = x86::Gather(c32.as_ptr(), offs.as_ptr());
+                                x86::axpy_many_tiered(&w, ws, &n, g, dim, &mut out, wide)
+                            }
+                            _ => {
+                                let g = x86::Gather(c16.as_ptr(), offs.as_ptr());
+                                x86::axpy_many_tiered(&w, ws, &n, g, dim, &mut out, wide)
+                            }
+                        }
+                    }
+                    bits(&out)
+                };
+                let mut want = init.clone();
+                for r in 0..nq {
+                    for p in 0..n[r] {
+                        axpy(w[r * ws + p], &k[p * dim..][..dim], &mut want[r * dim..][..dim]);
+                    }
+                }
+                let want = bits(&want);
+                for src in 0..3 {
+                    assert_eq!(run(true, src), want, "AVX-512 vs axpy dim={dim} nq={nq} nk={nk} source {src}");
+                    assert_eq!(run(false, src), want, "AVX2 vs axpy dim={dim} nq={nq} nk={nk} source {src}");
+                }
             }
         }
     }
