@@ -573,7 +573,7 @@ mod x86 {
     #[derive(Clone, Copy)]
     pub struct Gather<E>(pub *const E, pub *const usize);
 
-    impl<E: Load16 + super::GatherElem> Rows8 for Gather<E> {
+    impl<E: Load8 + super::GatherElem> Rows8 for Gather<E> {
         #[inline(always)]
         unsafe fn load8(self, p: usize, i: usize) -> __m256 {
             // SAFETY: the caller's promise.
@@ -588,28 +588,6 @@ mod x86 {
         unsafe fn at(self, p: usize, i: usize) -> f32 {
             // SAFETY: the caller's promise.
             unsafe { *self.0.add(*self.1.add(p) + i) }.to_f32()
-        }
-    }
-
-    /// [`Load8`] sixteen elements wide, for the AVX-512 blocks of [`axpy_many_from`] (f16 widened
-    /// exactly by `vcvtph2ps` from 256 bits, as `Load8` does from 128).
-    pub trait Load16: Load8 {
-        /// # Safety
-        /// Sixteen elements are readable at `p`; the CPU has AVX-512 F.
-        unsafe fn load16(p: *const Self) -> __m512;
-    }
-    impl Load16 for f32 {
-        #[inline(always)]
-        unsafe fn load16(p: *const f32) -> __m512 {
-            // SAFETY: the caller's promise; unaligned load.
-            unsafe { _mm512_loadu_ps(p) }
-        }
-    }
-    impl Load16 for u16 {
-        #[inline(always)]
-        unsafe fn load16(p: *const u16) -> __m512 {
-            // SAFETY: the caller's promise (32 bytes); unaligned load.
-            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
         }
     }
 
