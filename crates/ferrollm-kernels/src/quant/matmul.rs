@@ -153,8 +153,9 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
     };
     // The AVX-512 path widens each sub-block once per token block: eight times the tokens per
     // block (the activations then sit in L2 rather than L1) made its prefill matmuls 10-30%
-    // faster than one (gemv_bench prefill, F16), and F16 prefill 2.7% faster than four.
-    let panel_blocks = if panel_path { 8 } else { 1 };
+    // faster than one (gemv_bench prefill, F16), and F16 prefill 2.7% faster than four; sixteen
+    // (a 512-token prefill widens each weight once) about 1-2% faster than eight.
+    let panel_blocks = if panel_path { 16 } else { 1 };
     let token_block = token_block(cols * std::mem::size_of::<f32>()) * panel_blocks;
     // Whole groups of packed activations, so that each token block starts one.
     let token_block =
