@@ -792,65 +792,90 @@ mod x86 {
         }
     }
 
-    /// Columns `d0..d0 + 8 * C` of `R` rows of `out` (at `out`, `dim` apart): row `r` adds
-    /// `w[r * w_stride + p] * v_p` for `p < n[r]` in order, with `axpy`'s fused multiply-add.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; `n.len() == R`; row `r` of `out` and rows `p < n[r]` of `v` hold at least
-    /// `d0 + 8 * C <= dim` floats, and `w` is readable at `r * w_stride + p` for `p < n[r]`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn axpy_block<const R: usize, const C: usize, V: Rows8>(
-        w: *const f32,
-        w_stride: usize,
-        n: &[usize],
-        v: V,
-        dim: usize,
-        d0: usize,
-        out: *mut f32,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let mut vv = [_mm256_setzero_ps(); C];
-        // SAFETY (all loads and stores below): inside the rows and columns the caller promises.
-        for r in 0..R {
-            for c in 0..C {
-                acc[r][c] = unsafe { _mm256_loadu_ps(out.add(r * dim + d0 + 8 * c)) };
-            }
-        }
-        let (lo, hi) = (n.iter().copied().min().unwrap_or(0), n.iter().copied().max().unwrap_or(0));
-        // Keys every row takes.
-        for p in 0..lo {
-            for c in 0..C {
-                vv[c] = unsafe { v.load8(p, d0 + 8 * c) };
-            }
-            for r in 0..R {
-                let a = _mm256_set1_ps(unsafe { *w.add(r * w_stride + p) });
-                for c in 0..C {
-                    acc[r][c] = _mm256_fmadd_ps(a, vv[c], acc[r][c]);
-                }
-            }
-        }
-        // Keys only the rows with longer contexts take (the causal triangle of a tile).
-        for p in lo..hi {
-            for c in 0..C {
-                vv[c] = unsafe { v.load8(p, d0 + 8 * c) };
-            }
-            for r in 0..R {
-                if p < n[r] {
-                    let a = _mm256_set1_ps(unsafe { *w.add(r * w_stride + p) });
+    /// One body for the AVX2 and AVX-512 value blocks (`$lanes` columns a register): every
+    /// element goes through the same fused multiply-adds in the same order on both.
+    macro_rules! axpy_block_fn {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $lanes:literal, $vec:ty, $zero:ident,
+         $loadu:ident, $set1:ident, $fmadd:ident, $storeu:ident, $rowload:ident) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            #[inline]
+            #[allow(clippy::needless_range_loop)]
+            unsafe fn $name<const R: usize, const C: usize, V: Rows8>(
+                w: *const f32,
+                w_stride: usize,
+                n: &[usize],
+                v: V,
+                dim: usize,
+                d0: usize,
+                out: *mut f32,
+            ) {
+                let mut acc: [[$vec; C]; R] = [[$zero(); C]; R];
+                let mut vv: [$vec; C] = [$zero(); C];
+                // SAFETY (all loads and stores below): inside the rows and columns the caller
+                // promises.
+                for r in 0..R {
                     for c in 0..C {
-                        acc[r][c] = _mm256_fmadd_ps(a, vv[c], acc[r][c]);
+                        acc[r][c] = unsafe { $loadu(out.add(r * dim + d0 + $lanes * c)) };
+                    }
+                }
+                let (lo, hi) = (n.iter().copied().min().unwrap_or(0), n.iter().copied().max().unwrap_or(0));
+                // Keys every row takes.
+                for p in 0..lo {
+                    for c in 0..C {
+                        vv[c] = unsafe { v.$rowload(p, d0 + $lanes * c) };
+                    }
+                    for r in 0..R {
+                        let a = $set1(unsafe { *w.add(r * w_stride + p) });
+                        for c in 0..C {
+                            acc[r][c] = $fmadd(a, vv[c], acc[r][c]);
+                        }
+                    }
+                }
+                // Keys only the rows with longer contexts take (the causal triangle of a tile).
+                for p in lo..hi {
+                    for c in 0..C {
+                        vv[c] = unsafe { v.$rowload(p, d0 + $lanes * c) };
+                    }
+                    for r in 0..R {
+                        if p < n[r] {
+                            let a = $set1(unsafe { *w.add(r * w_stride + p) });
+                            for c in 0..C {
+                                acc[r][c] = $fmadd(a, vv[c], acc[r][c]);
+                            }
+                        }
+                    }
+                }
+                for r in 0..R {
+                    for c in 0..C {
+                        unsafe { $storeu(out.add(r * dim + d0 + $lanes * c), acc[r][c]) };
                     }
                 }
             }
-        }
-        for r in 0..R {
-            for c in 0..C {
-                unsafe { _mm256_storeu_ps(out.add(r * dim + d0 + 8 * c), acc[r][c]) };
-            }
-        }
+        };
     }
+
+    axpy_block_fn!(
+        /// Columns `d0..d0 + 8 * C` of `R` rows of `out` (at `out`, `dim` apart): row `r` adds
+        /// `w[r * w_stride + p] * v_p` for `p < n[r]` in order, with `axpy`'s fused multiply-add.
+        ///
+        /// # Safety
+        /// AVX2 and FMA; `n.len() == R`; row `r` of `out` and rows `p < n[r]` of `v` hold at least
+        /// `d0 + 8 * C <= dim` floats, and `w` is readable at `r * w_stride + p` for `p < n[r]`.
+        axpy_block, "avx2,fma,f16c", 8, __m256, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps,
+        _mm256_fmadd_ps, _mm256_storeu_ps, load8
+    );
+
+    axpy_block_fn!(
+        /// [`axpy_block`] for columns `d0..d0 + 16 * C`, sixteen per zmm register.
+        ///
+        /// # Safety
+        /// AVX-512 F, AVX2, FMA and F16C; `n.len() == R`; row `r` of `out` and rows `p < n[r]` of
+        /// `v` hold at least `d0 + 16 * C <= dim` floats, and `w` is readable at `r * w_stride + p`
+        /// for `p < n[r]`.
+        axpy_block512, "avx512f,avx2,fma,f16c", 16, __m512, _mm512_setzero_ps, _mm512_loadu_ps,
+        _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps, load16
+    );
 
     /// Columns `0..dim / 32 * 32` of the `n.len()` (1 to 4) rows of `out`, in blocks of 64 then
     /// 32 columns (4 × 64 is 16 zmm accumulators, half the register file, so each value load
@@ -892,67 +917,6 @@ mod x86 {
             }
         }
         d
-    }
-
-    /// [`axpy_block`] for columns `d0..d0 + 16 * C`, sixteen per zmm register: every element
-    /// goes through the same fused multiply-adds in the same order.
-    ///
-    /// # Safety
-    /// AVX-512 F, AVX2, FMA and F16C; `n.len() == R`; row `r` of `out` and rows `p < n[r]` of `v`
-    /// hold at least `d0 + 16 * C <= dim` floats, and `w` is readable at `r * w_stride + p` for
-    /// `p < n[r]`.
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn axpy_block512<const R: usize, const C: usize, V: Rows8>(
-        w: *const f32,
-        w_stride: usize,
-        n: &[usize],
-        v: V,
-        dim: usize,
-        d0: usize,
-        out: *mut f32,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
-        let mut vv = [_mm512_setzero_ps(); C];
-        // SAFETY (all loads and stores below): inside the rows and columns the caller promises.
-        for r in 0..R {
-            for c in 0..C {
-                acc[r][c] = unsafe { _mm512_loadu_ps(out.add(r * dim + d0 + 16 * c)) };
-            }
-        }
-        let (lo, hi) = (n.iter().copied().min().unwrap_or(0), n.iter().copied().max().unwrap_or(0));
-        // Keys every row takes.
-        for p in 0..lo {
-            for c in 0..C {
-                vv[c] = unsafe { v.load16(p, d0 + 16 * c) };
-            }
-            for r in 0..R {
-                let a = _mm512_set1_ps(unsafe { *w.add(r * w_stride + p) });
-                for c in 0..C {
-                    acc[r][c] = _mm512_fmadd_ps(a, vv[c], acc[r][c]);
-                }
-            }
-        }
-        // Keys only the rows with longer contexts take.
-        for p in lo..hi {
-            for c in 0..C {
-                vv[c] = unsafe { v.load16(p, d0 + 16 * c) };
-            }
-            for r in 0..R {
-                if p < n[r] {
-                    let a = _mm512_set1_ps(unsafe { *w.add(r * w_stride + p) });
-                    for c in 0..C {
-                        acc[r][c] = _mm512_fmadd_ps(a, vv[c], acc[r][c]);
-                    }
-                }
-            }
-        }
-        for r in 0..R {
-            for c in 0..C {
-                unsafe { _mm512_storeu_ps(out.add(r * dim + d0 + 16 * c), acc[r][c]) };
-            }
-        }
     }
 
     /// Four lanes of `super::exp_lane`, operation for operation.

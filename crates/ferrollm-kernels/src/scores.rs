@@ -102,6 +102,123 @@ pub fn score(q: &[f32], k: impl Fn(usize) -> f32) -> f32 {
     (main..q.len()).fold(sum, |acc, d| q[d].mul_add(k(d), acc))
 }
 
+/// The scores driver and register tile for one vector width (`$lanes` keys a register), so the
+/// AVX2 and AVX-512 kernels are one body: each lane does the same operations on both.
+#[cfg(target_arch = "x86_64")]
+macro_rules! scores_kernel {
+    ($(#[$ddoc:meta])* $driver:ident, $(#[$tdoc:meta])* $tile:ident, $features:literal, $lanes:literal,
+     $vec:ty, $zero:ident, $set1:ident, $fmadd:ident, $add:ident, $mul:ident, $storeu:ident, $load:ident) => {
+        $(#[$ddoc])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $driver<E: Load8>(
+            q: &[f32],
+            k: super::KeysT<E>,
+            k0: usize,
+            k1: usize,
+            scale: f32,
+            out: &mut [f32],
+            stride: usize,
+        ) {
+            let (dim, bs) = (k.dim, k.bs);
+            let nq = q.len() / dim;
+            // Start of each vector of keys: dim 0 of key `lanes·v`; dim d is d * bs further.
+            let (v0, v1) = (k0 / $lanes, k1.div_ceil($lanes));
+            let key = |v: usize| {
+                let p = $lanes * v;
+                // SAFETY: block p / bs exists and its panel is inside `base` (checked by the caller).
+                unsafe { k.base.as_ptr().add(k.blocks[p / bs] + p % bs) }
+            };
+            let mut r = 0;
+            while r < nq {
+                // Twelve chains at a time at most: 6 queries × 2 key vectors, or 3 × 3 for decodes.
+                let rows = if nq - r >= 4 { (nq - r).min(6) } else { nq - r };
+                let width = if rows > 3 { 2 } else { 3 };
+                let mut v = v0;
+                while v < v1 {
+                    let nv = (v1 - v).min(width);
+                    let ks: [*const E; 3] = std::array::from_fn(|j| key(v + j.min(nv - 1)));
+                    // SAFETY: rows r..r + rows of q exist; key vectors v..v + nv are inside their
+                    // blocks for every dim; their outputs are inside `out` (stride covers k1
+                    // rounded up to a vector).
+                    unsafe {
+                        let (qp, op) = (q.as_ptr().add(r * dim), out.as_mut_ptr().add(r * stride + $lanes * v));
+                        match (rows, nv) {
+                            (6, 2) => $tile::<E, 6, 2>(qp, dim, ks, bs, scale, op, stride),
+                            (6, 1) => $tile::<E, 6, 1>(qp, dim, ks, bs, scale, op, stride),
+                            (5, 2) => $tile::<E, 5, 2>(qp, dim, ks, bs, scale, op, stride),
+                            (5, 1) => $tile::<E, 5, 1>(qp, dim, ks, bs, scale, op, stride),
+                            (4, 2) => $tile::<E, 4, 2>(qp, dim, ks, bs, scale, op, stride),
+                            (4, 1) => $tile::<E, 4, 1>(qp, dim, ks, bs, scale, op, stride),
+                            (3, 3) => $tile::<E, 3, 3>(qp, dim, ks, bs, scale, op, stride),
+                            (3, 2) => $tile::<E, 3, 2>(qp, dim, ks, bs, scale, op, stride),
+                            (3, 1) => $tile::<E, 3, 1>(qp, dim, ks, bs, scale, op, stride),
+                            (2, 3) => $tile::<E, 2, 3>(qp, dim, ks, bs, scale, op, stride),
+                            (2, 2) => $tile::<E, 2, 2>(qp, dim, ks, bs, scale, op, stride),
+                            (2, 1) => $tile::<E, 2, 1>(qp, dim, ks, bs, scale, op, stride),
+                            (1, 3) => $tile::<E, 1, 3>(qp, dim, ks, bs, scale, op, stride),
+                            (1, 2) => $tile::<E, 1, 2>(qp, dim, ks, bs, scale, op, stride),
+                            (1, 1) => $tile::<E, 1, 1>(qp, dim, ks, bs, scale, op, stride),
+                            _ => unreachable!("tile {rows}x{nv}"),
+                        }
+                    }
+                    v += nv;
+                }
+                r += rows;
+            }
+        }
+
+        $(#[$tdoc])*
+        #[target_feature(enable = $features)]
+        #[inline]
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn $tile<E: Load8, const R: usize, const N: usize>(
+            q: *const f32,
+            dim: usize,
+            k: [*const E; 3],
+            bs: usize,
+            scale: f32,
+            out: *mut f32,
+            stride: usize,
+        ) {
+            let main = dim / 8 * 8;
+            // Pair sums l_m + l_(m+4) of every (query, key vector).
+            let mut pair: [[[$vec; 4]; N]; R] = [[[$zero(); 4]; N]; R];
+            for l in 0..8 {
+                let mut acc: [[$vec; N]; R] = [[$zero(); N]; R];
+                for d in (l..main).step_by(8) {
+                    // SAFETY (loads): the caller's promise.
+                    let kv: [$vec; N] = std::array::from_fn(|j| unsafe { E::$load(k[j].add(d * bs)) });
+                    for r in 0..R {
+                        let qv = $set1(unsafe { *q.add(r * dim + d) });
+                        for j in 0..N {
+                            acc[r][j] = $fmadd(qv, kv[j], acc[r][j]);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    for j in 0..N {
+                        pair[r][j][l % 4] = if l < 4 { acc[r][j] } else { $add(pair[r][j][l % 4], acc[r][j]) };
+                    }
+                }
+            }
+            let sv = $set1(scale);
+            for r in 0..R {
+                for j in 0..N {
+                    let p = &pair[r][j];
+                    let mut s = $add($add(p[0], p[2]), $add(p[1], p[3]));
+                    for d in main..dim {
+                        // SAFETY (loads): the caller's promise.
+                        let kv = unsafe { E::$load(k[j].add(d * bs)) };
+                        s = $fmadd($set1(unsafe { *q.add(r * dim + d) }), kv, s);
+                    }
+                    // SAFETY: the caller's promise.
+                    unsafe { $storeu(out.add(r * stride + $lanes * j), $mul(s, sv)) };
+                }
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
@@ -156,114 +273,41 @@ pub(crate) mod x86 {
         out: &mut [f32],
         stride: usize,
     ) {
-        let (dim, bs) = (k.dim, k.bs);
-        if crate::quant::common::has_avx512f() && bs.is_multiple_of(16) && k0.is_multiple_of(16) {
+        if crate::quant::common::has_avx512f() && k.bs.is_multiple_of(16) && k0.is_multiple_of(16) {
             // Whole vectors of sixteen keys on AVX-512 (each inside one block), then at most one
             // vector of eight here: the outputs written stay within k1 rounded up to 8.
             let end = k0 + (k1.next_multiple_of(8) - k0) / 16 * 16;
             if end > k0 {
                 // SAFETY: AVX-512 F was detected; the keys k0..end are inside their blocks and
                 // their outputs inside `out`, as the caller promised for k0..k1 rounded up to 8.
-                unsafe { super::wide::scores(q, k, k0, end, scale, out, stride) };
+                unsafe { super::wide::scores16(q, k, k0, end, scale, out, stride) };
             }
             if end >= k1 {
                 return;
             }
             k0 = end;
         }
-        let nq = q.len() / dim;
-        // Start of each vector of eight keys: dim 0 of key 8v; dim d is d * bs further.
-        let (v0, v1) = (k0 / 8, k1.div_ceil(8));
-        let key = |v: usize| {
-            let p = 8 * v;
-            // SAFETY: block p / bs exists and its panel is inside `base` (checked by the caller).
-            unsafe { k.base.as_ptr().add(k.blocks[p / bs] + p % bs) }
-        };
-        let mut r = 0;
-        while r < nq {
-            // Twelve chains at a time at most: 6 queries × 2 key vectors, or 3 × 3 for decodes.
-            let rows = if nq - r >= 4 { (nq - r).min(6) } else { nq - r };
-            let width = if rows > 3 { 2 } else { 3 };
-            let mut v = v0;
-            while v < v1 {
-                let nv = (v1 - v).min(width);
-                let ks: [*const E; 3] = std::array::from_fn(|j| key(v + j.min(nv - 1)));
-                // SAFETY: rows r..r + rows of q exist; key vectors v..v + nv are inside their blocks
-                // for every dim; their outputs are inside `out` (stride covers k1 rounded up).
-                unsafe {
-                    let (qp, op) = (q.as_ptr().add(r * dim), out.as_mut_ptr().add(r * stride + 8 * v));
-                    macro_rules! go {
-                        ($($r:literal, $n:literal);*) => {
-                            match (rows, nv) {
-                                $(($r, $n) => tile::<E, $r, $n>(qp, dim, ks, bs, scale, op, stride),)*
-                                _ => unreachable!("tile {rows}x{nv}"),
-                            }
-                        };
-                    }
-                    go!(6, 2; 6, 1; 5, 2; 5, 1; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1);
-                }
-                v += nv;
-            }
-            r += rows;
-        }
+        // SAFETY: the caller's promise.
+        unsafe { scores8(q, k, k0, k1, scale, out, stride) }
     }
 
-    /// `R` queries (at `q`, `dim` apart) against `N` vectors of eight keys (`k[j]`, dim `d` at
-    /// `k[j] + d * bs`): [`super::scores_scalar`]'s operations in every lane. The eight
-    /// per-lane chains run one after the other, `R·N` at a time, each folded into its pair sum
-    /// as it ends.
-    ///
-    /// # Safety
-    /// AVX2, FMA and F16C; every read and the `R` rows of 8·`N` outputs (at `out`, `stride`
-    /// apart) are in bounds.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn tile<E: Load8, const R: usize, const N: usize>(
-        q: *const f32,
-        dim: usize,
-        k: [*const E; 3],
-        bs: usize,
-        scale: f32,
-        out: *mut f32,
-        stride: usize,
-    ) {
-        let main = dim / 8 * 8;
-        // Pair sums l_m + l_(m+4) of every (query, key vector).
-        let mut pair = [[[_mm256_setzero_ps(); 4]; N]; R];
-        for l in 0..8 {
-            let mut acc = [[_mm256_setzero_ps(); N]; R];
-            for d in (l..main).step_by(8) {
-                // SAFETY (loads): the caller's promise.
-                let kv: [__m256; N] = std::array::from_fn(|j| unsafe { E::load8(k[j].add(d * bs)) });
-                for r in 0..R {
-                    let qv = _mm256_set1_ps(unsafe { *q.add(r * dim + d) });
-                    for j in 0..N {
-                        acc[r][j] = _mm256_fmadd_ps(qv, kv[j], acc[r][j]);
-                    }
-                }
-            }
-            for r in 0..R {
-                for j in 0..N {
-                    pair[r][j][l % 4] = if l < 4 { acc[r][j] } else { _mm256_add_ps(pair[r][j][l % 4], acc[r][j]) };
-                }
-            }
-        }
-        let sv = _mm256_set1_ps(scale);
-        for r in 0..R {
-            for j in 0..N {
-                let p = &pair[r][j];
-                let mut s = _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3]));
-                for d in main..dim {
-                    // SAFETY (loads): the caller's promise.
-                    let kv = unsafe { E::load8(k[j].add(d * bs)) };
-                    s = _mm256_fmadd_ps(_mm256_set1_ps(unsafe { *q.add(r * dim + d) }), kv, s);
-                }
-                // SAFETY: the caller's promise.
-                unsafe { _mm256_storeu_ps(out.add(r * stride + 8 * j), _mm256_mul_ps(s, sv)) };
-            }
-        }
-    }
+    scores_kernel!(
+        /// Keys `k0..k1` in vectors of eight (`k0 % 8 == 0`).
+        ///
+        /// # Safety
+        /// AVX2, FMA and F16C; the shapes [`super::scores`] checks, `bs % 8 == 0`.
+        scores8,
+        /// `R` queries (at `q`, `dim` apart) against `N` vectors of eight keys (`k[j]`, dim `d` at
+        /// `k[j] + d * bs`): [`super::scores_scalar`]'s operations in every lane. The eight
+        /// per-lane chains run one after the other, `R·N` at a time, each folded into its pair sum
+        /// as it ends.
+        ///
+        /// # Safety
+        /// AVX2, FMA and F16C; every read and the `R` rows of 8·`N` outputs (at `out`, `stride`
+        /// apart) are in bounds.
+        tile8, "avx2,fma,f16c", 8, __m256, _mm256_setzero_ps, _mm256_set1_ps, _mm256_fmadd_ps,
+        _mm256_add_ps, _mm256_mul_ps, _mm256_storeu_ps, load8
+    );
 }
 
 /// [`x86::scores`] with vectors of sixteen keys: each zmm lane does what an AVX2 lane does, so
@@ -273,108 +317,19 @@ mod wide {
     use super::x86::Load8;
     use std::arch::x86_64::*;
 
-    /// Keys `k0..k1`, both multiples of 16, with `bs % 16 == 0`.
-    ///
-    /// # Safety
-    /// AVX-512 F, AVX2, FMA and F16C; the shapes [`super::scores`] checks, for keys up to `k1`.
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn scores<E: Load8>(
-        q: &[f32],
-        k: super::KeysT<E>,
-        k0: usize,
-        k1: usize,
-        scale: f32,
-        out: &mut [f32],
-        stride: usize,
-    ) {
-        let (dim, bs) = (k.dim, k.bs);
-        let nq = q.len() / dim;
-        let (v0, v1) = (k0 / 16, k1 / 16);
-        let key = |v: usize| {
-            let p = 16 * v;
-            // SAFETY: block p / bs exists and its panel is inside `base` (checked by the caller).
-            unsafe { k.base.as_ptr().add(k.blocks[p / bs] + p % bs) }
-        };
-        let mut r = 0;
-        while r < nq {
-            // As the AVX2 kernel: 6 queries × 2 key vectors, or 3 × 3 for decodes.
-            let rows = if nq - r >= 4 { (nq - r).min(6) } else { nq - r };
-            let width = if rows > 3 { 2 } else { 3 };
-            let mut v = v0;
-            while v < v1 {
-                let nv = (v1 - v).min(width);
-                let ks: [*const E; 3] = std::array::from_fn(|j| key(v + j.min(nv - 1)));
-                // SAFETY: rows r..r + rows of q exist; key vectors v..v + nv are inside their blocks
-                // for every dim; their outputs are inside `out`.
-                unsafe {
-                    let (qp, op) = (q.as_ptr().add(r * dim), out.as_mut_ptr().add(r * stride + 16 * v));
-                    macro_rules! go {
-                        ($($r:literal, $n:literal);*) => {
-                            match (rows, nv) {
-                                $(($r, $n) => tile::<E, $r, $n>(qp, dim, ks, bs, scale, op, stride),)*
-                                _ => unreachable!("tile {rows}x{nv}"),
-                            }
-                        };
-                    }
-                    go!(6, 2; 6, 1; 5, 2; 5, 1; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1);
-                }
-                v += nv;
-            }
-            r += rows;
-        }
-    }
-
-    /// The AVX2 `tile` with sixteen keys a vector.
-    ///
-    /// # Safety
-    /// As for the AVX2 tile, with AVX-512 F and 16·`N` outputs a row.
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn tile<E: Load8, const R: usize, const N: usize>(
-        q: *const f32,
-        dim: usize,
-        k: [*const E; 3],
-        bs: usize,
-        scale: f32,
-        out: *mut f32,
-        stride: usize,
-    ) {
-        let main = dim / 8 * 8;
-        let mut pair = [[[_mm512_setzero_ps(); 4]; N]; R];
-        for l in 0..8 {
-            let mut acc = [[_mm512_setzero_ps(); N]; R];
-            for d in (l..main).step_by(8) {
-                // SAFETY (loads): the caller's promise.
-                let kv: [__m512; N] = std::array::from_fn(|j| unsafe { E::load16(k[j].add(d * bs)) });
-                for r in 0..R {
-                    let qv = _mm512_set1_ps(unsafe { *q.add(r * dim + d) });
-                    for j in 0..N {
-                        acc[r][j] = _mm512_fmadd_ps(qv, kv[j], acc[r][j]);
-                    }
-                }
-            }
-            for r in 0..R {
-                for j in 0..N {
-                    pair[r][j][l % 4] = if l < 4 { acc[r][j] } else { _mm512_add_ps(pair[r][j][l % 4], acc[r][j]) };
-                }
-            }
-        }
-        let sv = _mm512_set1_ps(scale);
-        for r in 0..R {
-            for j in 0..N {
-                let p = &pair[r][j];
-                let mut s = _mm512_add_ps(_mm512_add_ps(p[0], p[2]), _mm512_add_ps(p[1], p[3]));
-                for d in main..dim {
-                    // SAFETY (loads): the caller's promise.
-                    let kv = unsafe { E::load16(k[j].add(d * bs)) };
-                    s = _mm512_fmadd_ps(_mm512_set1_ps(unsafe { *q.add(r * dim + d) }), kv, s);
-                }
-                // SAFETY: the caller's promise.
-                unsafe { _mm512_storeu_ps(out.add(r * stride + 16 * j), _mm512_mul_ps(s, sv)) };
-            }
-        }
-    }
+    scores_kernel!(
+        /// Keys `k0..k1`, both multiples of 16, with `bs % 16 == 0`.
+        ///
+        /// # Safety
+        /// AVX-512 F, AVX2, FMA and F16C; the shapes [`super::scores`] checks, for keys up to `k1`.
+        scores16,
+        /// The AVX2 tile with sixteen keys a vector.
+        ///
+        /// # Safety
+        /// As for the AVX2 tile, with AVX-512 F and 16·`N` outputs a row.
+        tile16, "avx512f,avx2,fma,f16c", 16, __m512, _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps,
+        _mm512_add_ps, _mm512_mul_ps, _mm512_storeu_ps, load16
+    );
 }
 
 #[cfg(test)]
