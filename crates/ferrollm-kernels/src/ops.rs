@@ -743,52 +743,62 @@ mod x86 {
     ) {
         let rows = n.len();
         let (pw, po) = (w.as_ptr(), out.as_mut_ptr());
-        let mut r = 0;
-        while r < rows {
-            let nr = (rows - r).min(4);
-            let counts = &n[r..r + nr];
-            let mut d = 0;
-            // SAFETY (the blocks): rows r..r + nr of `out` exist, their counts are within `v`'s
-            // rows and `w`'s length, and columns d..d + 16 (resp. d + 8) are below `dim`; the
-            // AVX-512 blocks run only where the caller promises AVX-512 F.
-            unsafe {
-                let (w_r, o_r) = (pw.add(r * w_stride), po.add(r * dim));
-                if wide {
-                    d = axpy_cols_avx512(w_r, w_stride, counts, v, dim, o_r);
-                }
-                while d + 16 <= dim {
-                    match nr {
-                        4 => axpy_block::<4, 2, V>(w_r, w_stride, counts, v, dim, d, o_r),
-                        3 => axpy_block::<3, 2, V>(w_r, w_stride, counts, v, dim, d, o_r),
-                        2 => axpy_block::<2, 2, V>(w_r, w_stride, counts, v, dim, d, o_r),
-                        _ => axpy_block::<1, 2, V>(w_r, w_stride, counts, v, dim, d, o_r),
-                    }
-                    d += 16;
-                }
-                if d + 8 <= dim {
-                    match nr {
-                        4 => axpy_block::<4, 1, V>(w_r, w_stride, counts, v, dim, d, o_r),
-                        3 => axpy_block::<3, 1, V>(w_r, w_stride, counts, v, dim, d, o_r),
-                        2 => axpy_block::<2, 1, V>(w_r, w_stride, counts, v, dim, d, o_r),
-                        _ => axpy_block::<1, 1, V>(w_r, w_stride, counts, v, dim, d, o_r),
-                    }
-                    d += 8;
-                }
+        // AVX-512 takes up to 8 rows a group, so each widened value row serves twice as many.
+        let group = if wide { 8 } else { 4 };
+        let mut g = 0;
+        while g < rows {
+            let ng = (rows - g).min(group);
+            let mut wide_cols = 0;
+            if wide {
+                // SAFETY: rows g..g + ng exist, as for the blocks below; AVX-512 F is the
+                // caller's promise.
+                wide_cols =
+                    unsafe { axpy_cols_avx512(pw.add(g * w_stride), w_stride, &n[g..g + ng], v, dim, po.add(g * dim)) };
             }
-            // The last dim % 8 columns: `axpy`'s scalar tail, key by key.
-            for (i, &c) in counts.iter().enumerate().filter(|_| d < dim) {
-                for p in 0..c {
-                    // SAFETY: as for the blocks; t < dim. Raw pointers throughout, so `po`
-                    // stays valid for the next rows.
-                    unsafe {
-                        let a = *pw.add((r + i) * w_stride + p);
-                        for t in d..dim {
-                            *po.add((r + i) * dim + t) += a * v.at(p, t);
+            let mut r = g;
+            while r < g + ng {
+                let nr = (g + ng - r).min(4);
+                let counts = &n[r..r + nr];
+                let mut d = wide_cols;
+                // SAFETY (the blocks): rows r..r + nr of `out` exist, their counts are within
+                // `v`'s rows and `w`'s length, and columns d..d + 16 (resp. d + 8) are below `dim`.
+                unsafe {
+                    let (w_r, o_r) = (pw.add(r * w_stride), po.add(r * dim));
+                    while d + 16 <= dim {
+                        match nr {
+                            4 => axpy_block::<4, 2, V>(w_r, w_stride, counts, v, dim, d, o_r),
+                            3 => axpy_block::<3, 2, V>(w_r, w_stride, counts, v, dim, d, o_r),
+                            2 => axpy_block::<2, 2, V>(w_r, w_stride, counts, v, dim, d, o_r),
+                            _ => axpy_block::<1, 2, V>(w_r, w_stride, counts, v, dim, d, o_r),
+                        }
+                        d += 16;
+                    }
+                    if d + 8 <= dim {
+                        match nr {
+                            4 => axpy_block::<4, 1, V>(w_r, w_stride, counts, v, dim, d, o_r),
+                            3 => axpy_block::<3, 1, V>(w_r, w_stride, counts, v, dim, d, o_r),
+                            2 => axpy_block::<2, 1, V>(w_r, w_stride, counts, v, dim, d, o_r),
+                            _ => axpy_block::<1, 1, V>(w_r, w_stride, counts, v, dim, d, o_r),
+                        }
+                        d += 8;
+                    }
+                }
+                // The last dim % 8 columns: `axpy`'s scalar tail, key by key.
+                for (i, &c) in counts.iter().enumerate().filter(|_| d < dim) {
+                    for p in 0..c {
+                        // SAFETY: as for the blocks; t < dim. Raw pointers throughout, so `po`
+                        // stays valid for the next rows.
+                        unsafe {
+                            let a = *pw.add((r + i) * w_stride + p);
+                            for t in d..dim {
+                                *po.add((r + i) * dim + t) += a * v.at(p, t);
+                            }
                         }
                     }
                 }
+                r += nr;
             }
-            r += nr;
+            g += ng;
         }
     }
 
@@ -877,12 +887,12 @@ mod x86 {
         _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps, load16
     );
 
-    /// Columns `0..dim / 32 * 32` of the `n.len()` (1 to 4) rows of `out`, in blocks of 64 then
-    /// 32 columns (4 × 64 is 16 zmm accumulators, half the register file, so each value load
-    /// serves 4 rows); returns how many columns it did.
+    /// Columns `0..dim / 32 * 32` of the `n.len()` (1 to 8) rows of `out`: up to 4 rows in blocks
+    /// of 64 then 32 columns, more in blocks of 32 (16 zmm accumulators either way, half the
+    /// register file, so each value load serves every row); returns how many columns it did.
     ///
     /// # Safety
-    /// AVX-512 F, AVX2, FMA and F16C; `1 <= n.len() <= 4`; otherwise as for [`axpy_block`], for
+    /// AVX-512 F, AVX2, FMA and F16C; `1 <= n.len() <= 8`; otherwise as for [`axpy_block`], for
     /// every block of columns below `dim`.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn axpy_cols_avx512<V: Rows8>(
@@ -897,6 +907,18 @@ mod x86 {
         // SAFETY (the blocks): the caller's promise, with columns d..d + 64 (resp. d + 32) below
         // `dim`.
         unsafe {
+            if n.len() > 4 {
+                while d + 32 <= dim {
+                    match n.len() {
+                        8 => axpy_block512::<8, 2, V>(w, w_stride, n, v, dim, d, out),
+                        7 => axpy_block512::<7, 2, V>(w, w_stride, n, v, dim, d, out),
+                        6 => axpy_block512::<6, 2, V>(w, w_stride, n, v, dim, d, out),
+                        _ => axpy_block512::<5, 2, V>(w, w_stride, n, v, dim, d, out),
+                    }
+                    d += 32;
+                }
+                return d;
+            }
             while d + 64 <= dim {
                 match n.len() {
                     4 => axpy_block512::<4, 4, V>(w, w_stride, n, v, dim, d, out),

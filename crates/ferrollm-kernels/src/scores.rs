@@ -107,7 +107,8 @@ pub fn score(q: &[f32], k: impl Fn(usize) -> f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 macro_rules! scores_kernel {
     ($(#[$ddoc:meta])* $driver:ident, $(#[$tdoc:meta])* $tile:ident, $features:literal, $lanes:literal,
-     $vec:ty, $zero:ident, $set1:ident, $fmadd:ident, $add:ident, $mul:ident, $storeu:ident, $load:ident) => {
+     $vec:ty, $zero:ident, $set1:ident, $fmadd:ident, $add:ident, $mul:ident, $storeu:ident, $load:ident,
+     $max_rows:literal, [$(($r:literal, $n:literal)),*]) => {
         $(#[$ddoc])*
         #[target_feature(enable = $features)]
         pub unsafe fn $driver<E: Load8>(
@@ -130,8 +131,10 @@ macro_rules! scores_kernel {
             };
             let mut r = 0;
             while r < nq {
-                // Twelve chains at a time at most: 6 queries × 2 key vectors, or 3 × 3 for decodes.
-                let rows = if nq - r >= 4 { (nq - r).min(6) } else { nq - r };
+                // Up to `max_rows` queries × 2 key vectors (12 chains on AVX2's 16 registers, 24
+                // on AVX-512's 32, so each converted key vector meets twice the queries), or 3 × 3
+                // for decodes.
+                let rows = if nq - r >= 4 { (nq - r).min($max_rows) } else { nq - r };
                 let width = if rows > 3 { 2 } else { 3 };
                 let mut v = v0;
                 while v < v1 {
@@ -143,21 +146,7 @@ macro_rules! scores_kernel {
                     unsafe {
                         let (qp, op) = (q.as_ptr().add(r * dim), out.as_mut_ptr().add(r * stride + $lanes * v));
                         match (rows, nv) {
-                            (6, 2) => $tile::<E, 6, 2>(qp, dim, ks, bs, scale, op, stride),
-                            (6, 1) => $tile::<E, 6, 1>(qp, dim, ks, bs, scale, op, stride),
-                            (5, 2) => $tile::<E, 5, 2>(qp, dim, ks, bs, scale, op, stride),
-                            (5, 1) => $tile::<E, 5, 1>(qp, dim, ks, bs, scale, op, stride),
-                            (4, 2) => $tile::<E, 4, 2>(qp, dim, ks, bs, scale, op, stride),
-                            (4, 1) => $tile::<E, 4, 1>(qp, dim, ks, bs, scale, op, stride),
-                            (3, 3) => $tile::<E, 3, 3>(qp, dim, ks, bs, scale, op, stride),
-                            (3, 2) => $tile::<E, 3, 2>(qp, dim, ks, bs, scale, op, stride),
-                            (3, 1) => $tile::<E, 3, 1>(qp, dim, ks, bs, scale, op, stride),
-                            (2, 3) => $tile::<E, 2, 3>(qp, dim, ks, bs, scale, op, stride),
-                            (2, 2) => $tile::<E, 2, 2>(qp, dim, ks, bs, scale, op, stride),
-                            (2, 1) => $tile::<E, 2, 1>(qp, dim, ks, bs, scale, op, stride),
-                            (1, 3) => $tile::<E, 1, 3>(qp, dim, ks, bs, scale, op, stride),
-                            (1, 2) => $tile::<E, 1, 2>(qp, dim, ks, bs, scale, op, stride),
-                            (1, 1) => $tile::<E, 1, 1>(qp, dim, ks, bs, scale, op, stride),
+                            $(($r, $n) => $tile::<E, $r, $n>(qp, dim, ks, bs, scale, op, stride),)*
                             _ => unreachable!("tile {rows}x{nv}"),
                         }
                     }
@@ -306,7 +295,8 @@ pub(crate) mod x86 {
         /// AVX2, FMA and F16C; every read and the `R` rows of 8·`N` outputs (at `out`, `stride`
         /// apart) are in bounds.
         tile8, "avx2,fma,f16c", 8, __m256, _mm256_setzero_ps, _mm256_set1_ps, _mm256_fmadd_ps,
-        _mm256_add_ps, _mm256_mul_ps, _mm256_storeu_ps, load8
+        _mm256_add_ps, _mm256_mul_ps, _mm256_storeu_ps, load8, 6,
+        [(6, 2), (6, 1), (5, 2), (5, 1), (4, 2), (4, 1), (3, 3), (3, 2), (3, 1), (2, 3), (2, 2), (2, 1), (1, 3), (1, 2), (1, 1)]
     );
 }
 
@@ -328,7 +318,8 @@ mod wide {
         /// # Safety
         /// As for the AVX2 tile, with AVX-512 F and 16·`N` outputs a row.
         tile16, "avx512f,avx2,fma,f16c", 16, __m512, _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps,
-        _mm512_add_ps, _mm512_mul_ps, _mm512_storeu_ps, load16
+        _mm512_add_ps, _mm512_mul_ps, _mm512_storeu_ps, load16, 12,
+        [(12, 2), (12, 1), (11, 2), (11, 1), (10, 2), (10, 1), (9, 2), (9, 1), (8, 2), (8, 1), (7, 2), (7, 1), (6, 2), (6, 1), (5, 2), (5, 1), (4, 2), (4, 1), (3, 3), (3, 2), (3, 1), (2, 3), (2, 2), (2, 1), (1, 3), (1, 2), (1, 1)]
     );
 }
 
