@@ -89,10 +89,7 @@ pub fn pack_panel<'a>(kind: Float, bytes: &[u8], row_bytes: usize, panel: &'a mu
     if super::common::has_avx512f() && row_bytes >= 8 * kind.bytes() {
         assert!(bytes.len().is_multiple_of(row_bytes));
         let len = bytes.len() / row_bytes / 2 * 2 * (row_bytes / kind.bytes() / 8 * 8);
-        if panel.len() < len + 16 {
-            panel.resize(len + 16, 0.0);
-        }
-        let skip = panel.as_ptr().align_offset(64).min(16);
+        let skip = aligned_start(panel, len);
         let panel = &mut panel[skip..skip + len];
         // SAFETY: AVX-512 F, AVX2, FMA and F16C were detected.
         unsafe {
@@ -106,6 +103,16 @@ pub fn pack_panel<'a>(kind: Float, bytes: &[u8], row_bytes: usize, panel: &'a mu
     }
     let _ = (kind, bytes, row_bytes, panel);
     None
+}
+
+/// Grows `buf` (never shrinking it, so kept pages are not zero-filled again) to hold `len`
+/// floats from a 64-byte boundary, and returns where that run starts: whole 8- and 16-float
+/// chunks then never straddle cache lines.
+pub(crate) fn aligned_start(buf: &mut Vec<f32>, len: usize) -> usize {
+    if buf.len() < len + 16 {
+        buf.resize(len + 16, 0.0);
+    }
+    buf.as_ptr().align_offset(64).min(16)
 }
 
 /// Lays out the leading multiple of 8 columns of `acts` (1 to [`PANEL_TOKENS`] rows) for

@@ -157,11 +157,10 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
     // (a 512-token prefill widens each weight once) about 1-2% faster than eight.
     let panel_blocks = if panel_path { 16 } else { 1 };
     let token_block = token_block(cols * std::mem::size_of::<f32>()) * panel_blocks;
-    // Whole groups of packed activations, so that each token block starts one.
-    let token_block =
-        if panel_path { (token_block / float::PANEL_TOKENS).max(1) * float::PANEL_TOKENS } else { token_block };
-    let packed_acts = if panel_path { pack_float_acts(pool, x, n, cols) } else { Scratch::take(&PACKED_ACTS) };
-    let (packed, skip) = (&packed_acts[..], packed_acts.1);
+    // On the panel path each token block starts a group of packed activations.
+    assert!(!panel_path || token_block.is_multiple_of(float::PANEL_TOKENS), "token blocks of whole groups");
+    let packed_acts = panel_path.then(|| pack_float_acts(pool, x, n, cols));
+    let packed = packed_acts.as_deref().unwrap_or(&[]);
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
         let (m, r0, r1) = tasks[task];
@@ -188,7 +187,7 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
                         });
                         if let Some(panel) = panel_rows {
                             // Token t starts a group of PANEL_TOKENS (token blocks are multiples).
-                            let acts = &packed[skip + t * main..][..k * main];
+                            let acts = &packed[t * main..][..k * main];
                             float::dot_panel(kind, panel, bytes, rb, acts, &a[..k], &mut o[..k]);
                         } else {
                             float::dot_rows(kind, bytes, rb, &a[..k], &mut o[..k]);
@@ -201,18 +200,16 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
 }
 
 /// Every token's activations laid out for the panel kernel ([`float::pack_acts`]) in groups of
-/// [`float::PANEL_TOKENS`], the last group short, from a 64-byte boundary at the returned
-/// offset (whole chunks then never straddle cache lines); spread over the pool when large.
+/// [`float::PANEL_TOKENS`], the last group short, from a 64-byte boundary
+/// ([`float::aligned_start`]); spread over the pool when large.
 fn pack_float_acts(pool: &ThreadPool, x: &[f32], n: usize, cols: usize) -> Scratch<f32> {
     let (main, group) = (cols / 8 * 8, float::PANEL_TOKENS);
     let mut buf = Scratch::take(&PACKED_ACTS);
-    buf.0.resize(n * main + 16, 0.0);
-    buf.1 = buf.0.as_ptr().align_offset(64).min(16);
-    let skip = buf.1;
-    let shared = DisjointSlice::new(&mut buf.0[skip..skip + n * main]);
+    buf.start = float::aligned_start(&mut buf.buf, n * main);
+    buf.len = n * main;
+    let shared = DisjointSlice::new(&mut buf.buf[buf.start..][..buf.len]);
     let groups = n.div_ceil(group);
-    let per_task =
-        if n * cols < 1 << 16 || pool.num_threads() == 1 { groups } else { groups.div_ceil(pool.num_threads() * 4) };
+    let per_task = units_per_task(pool, groups, n * cols);
     pool.run(groups.div_ceil(per_task), |task| {
         for g in task * per_task..((task + 1) * per_task).min(groups) {
             let (t0, t1) = (g * group, (g * group + group).min(n));
@@ -227,19 +224,25 @@ fn pack_float_acts(pool: &ThreadPool, x: &[f32], n: usize, cols: usize) -> Scrat
 
 /// A buffer taken from a thread's spare ([`Scratch::take`]), given back when dropped: a
 /// prefill's activations are hundreds of KiB, and a fresh allocation per matmul came from the
-/// kernel as zeroed pages, a page fault per 4 KiB. The `usize` is where its contents start.
-struct Scratch<T: 'static>(Vec<T>, usize, &'static LocalKey<Cell<Vec<T>>>);
+/// kernel as zeroed pages, a page fault per 4 KiB. Its contents are the `len` elements from
+/// `start` (the buffer may hold more, and an aligned run may start past element 0).
+struct Scratch<T: 'static> {
+    buf: Vec<T>,
+    start: usize,
+    len: usize,
+    key: &'static LocalKey<Cell<Vec<T>>>,
+}
 
 impl<T> Scratch<T> {
     /// A nested matmul on this thread finds the buffer taken and starts an empty one.
     fn take(key: &'static LocalKey<Cell<Vec<T>>>) -> Self {
-        Scratch(key.take(), 0, key)
+        Scratch { buf: key.take(), start: 0, len: 0, key }
     }
 }
 
 impl<T> Drop for Scratch<T> {
     fn drop(&mut self) {
-        self.2.set(std::mem::take(&mut self.0));
+        self.key.set(std::mem::take(&mut self.buf));
     }
 }
 
@@ -340,7 +343,18 @@ fn token_block(act_bytes: usize) -> usize {
 impl<T> std::ops::Deref for Scratch<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.0
+        &self.buf[self.start..][..self.len]
+    }
+}
+
+/// Units per task for a pass over `units` units (`elems` elements in all) before a matmul: all
+/// of them in one task, which the calling thread runs, when the pass is small; else about four
+/// tasks per thread.
+fn units_per_task(pool: &ThreadPool, units: usize, elems: usize) -> usize {
+    if elems < 1 << 16 || pool.num_threads() == 1 {
+        units.max(1)
+    } else {
+        units.div_ceil(pool.num_threads() * 4)
     }
 }
 
@@ -348,15 +362,10 @@ impl<T> std::ops::Deref for Scratch<T> {
 /// over the pool when there is enough of it.
 fn quantize_acts<A: ActBlock>(pool: &ThreadPool, x: &[f32], n: usize, cols: usize, apr: usize) -> Scratch<A> {
     let mut acts = Scratch::take(A::scratch());
-    acts.0.resize(n * apr, A::default());
-    if n * cols < 1 << 16 || pool.num_threads() == 1 {
-        for (xs, a) in x.chunks_exact(cols).zip(acts.0.chunks_exact_mut(apr)) {
-            A::quantize(xs, a);
-        }
-        return acts;
-    }
-    let per_task = n.div_ceil(pool.num_threads() * 4);
-    let shared = DisjointSlice::new(&mut acts.0);
+    acts.buf.resize(n * apr, A::default());
+    acts.len = n * apr;
+    let per_task = units_per_task(pool, n, n * cols);
+    let shared = DisjointSlice::new(&mut acts.buf);
     pool.run(n.div_ceil(per_task), |task| {
         let (t0, t1) = (task * per_task, ((task + 1) * per_task).min(n));
         for t in t0..t1 {
