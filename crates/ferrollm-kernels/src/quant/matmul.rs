@@ -7,6 +7,7 @@
 //! for prefill it keeps the kernels fed from L1 and L2.
 
 use super::act::{ActBlock, BlockQ8A, BlockQ8K};
+use super::amx;
 use super::float::{self, Float};
 use super::x8::{self, Interleaved};
 use super::{block32, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
@@ -76,6 +77,8 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
     }
     match w0.dtype {
         DType::F32 => run_float(pool, ws, x, n, outs, Float::F32),
+        DType::F16 if amx::enabled() => run_amx(pool, ws, x, n, outs, Float::F16),
+        DType::BF16 if amx::enabled() => run_amx(pool, ws, x, n, outs, Float::BF16),
         DType::F16 => run_float(pool, ws, x, n, outs, Float::F16),
         DType::BF16 => run_float(pool, ws, x, n, outs, Float::BF16),
         DType::Q4_0 => run::<BlockQ8A, _>(pool, ws, x, n, outs, block32::dot_rows::<q4_0::BlockQ4_0>),
@@ -199,6 +202,123 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
     });
 }
 
+/// Row blocks of 16 that a task packs at a time on the AMX path: 64 rows of bf16 parts are
+/// 147-393 KiB at 576-1536 columns, in L2 while every token group passes over them.
+const AMX_SUB_BLOCKS: usize = 4;
+
+/// [`run`] for F16 and BF16 weights on AMX ([`amx`]): the activations are split and laid out
+/// once per call, each task's rows are split and laid out a sub-block at a time, and the tile
+/// kernel writes each result tile's outputs in place. Every token count takes this path, so a
+/// token's outputs are the same bits alone or in a batch.
+pub(super) fn run_amx(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]], kind: Float) {
+    if n == 0 {
+        return;
+    }
+    let cols = ws[0].cols;
+    let (steps, rb) = (amx::steps(cols), ws[0].row_bytes());
+    let (_, tasks) = split(pool, ws.iter().map(|w| w.rows.div_ceil(amx::TILE)), 1);
+    if n <= amx::TILE {
+        return run_amx_few(pool, ws, x, n, outs, kind, &tasks);
+    }
+    let acts = pack_amx_acts(pool, x, n, cols);
+    let groups = n.div_ceil(amx::TILE);
+    let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
+    pool.run(tasks.len(), |task| {
+        let (m, b0, b1) = tasks[task];
+        let (weights, rows, out) = (ws[m].bytes(), ws[m].rows, &outs[m]);
+        AMX_WEIGHTS.with_borrow_mut(|packed| {
+            for s0 in (b0..b1).step_by(AMX_SUB_BLOCKS) {
+                let s1 = (s0 + AMX_SUB_BLOCKS).min(b1);
+                let (r0, r1) = (s0 * amx::TILE, (s1 * amx::TILE).min(rows));
+                let len = amx::packed_weights_len(kind, r1 - r0, cols);
+                if packed.len() < len {
+                    packed.resize(len, 0);
+                }
+                amx::pack_weights(kind, &weights[r0 * rb..r1 * rb], rb, &mut packed[..len]);
+                amx::dot_tiles(kind, &packed[..len], s1 - s0, &acts, groups, steps, |b, g, tile| {
+                    let r = r0 + b * amx::TILE;
+                    let live = (r1 - r).min(amx::TILE);
+                    for (k, t) in (g * amx::TILE..n.min(g * amx::TILE + amx::TILE)).enumerate() {
+                        // SAFETY: this task alone computes rows r0..r1 of matrix m for every
+                        // token; the run `t·rows + r..` of `live` rows lies within them.
+                        unsafe { out.part(t * rows + r, live) }.copy_from_slice(&tile[k][..live]);
+                    }
+                });
+            }
+        });
+    });
+}
+
+/// [`run_amx`] for up to 16 tokens (decode): weights split row-major, no transpose, a
+/// sub-block at a time against one pair-layout group ([`amx::dot_rows_few`], the same bits).
+fn run_amx_few(
+    pool: &ThreadPool,
+    ws: &[&QMatrix],
+    x: &[f32],
+    n: usize,
+    outs: &mut [&mut [f32]],
+    kind: Float,
+    tasks: &[(usize, usize, usize)],
+) {
+    let cols = ws[0].cols;
+    let (steps, rb, width) = (amx::steps(cols), ws[0].row_bytes(), amx::split_width(cols));
+    let mut acts = vec![0u16; amx::packed_acts_len(n, cols)];
+    amx::pack_acts_pairs(x, cols, n, &mut acts);
+    let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
+    pool.run(tasks.len(), |task| {
+        let (m, b0, b1) = tasks[task];
+        let (weights, rows, out) = (ws[m].bytes(), ws[m].rows, &outs[m]);
+        AMX_WEIGHTS.with_borrow_mut(|packed| {
+            for s0 in (b0..b1).step_by(AMX_SUB_BLOCKS) {
+                let s1 = (s0 + AMX_SUB_BLOCKS).min(b1);
+                let (r0, r1) = (s0 * amx::TILE, (s1 * amx::TILE).min(rows));
+                let len = (s1 - s0) * amx::TILE * width;
+                if packed.len() < 2 * len {
+                    packed.resize(2 * len, 0);
+                }
+                let emit = |b: usize, tile: &amx::ResultTile| {
+                    let r = r0 + b * amx::TILE;
+                    let live = (r1 - r).min(amx::TILE);
+                    for t in 0..n {
+                        // SAFETY: this task alone computes rows r0..r1 of matrix m for every
+                        // token; the run `t·rows + r..` of `live` rows lies within them.
+                        let o = unsafe { out.part(t * rows + r, live) };
+                        for (o, row) in o.iter_mut().zip(tile) {
+                            *o = row[t];
+                        }
+                    }
+                };
+                let (hi, lo) = packed[..2 * len].split_at_mut(len);
+                let lo = if kind == Float::F16 { lo } else { &mut [][..] };
+                amx::split_weights(kind, &weights[r0 * rb..r1 * rb], rb, hi, lo);
+                amx::dot_rows_few(kind, hi, lo, s1 - s0, &acts, steps, emit);
+            }
+        });
+    });
+}
+
+/// Every token's activations split and laid out for the AMX kernel ([`amx::pack_acts`]), spread
+/// over the pool by token groups when large.
+fn pack_amx_acts(pool: &ThreadPool, x: &[f32], n: usize, cols: usize) -> Scratch<u16> {
+    let mut buf = Scratch::take(&AMX_ACTS);
+    buf.len = amx::packed_acts_len(n, cols);
+    if buf.buf.len() < buf.len {
+        buf.buf.resize(buf.len, 0);
+    }
+    let groups = n.div_ceil(amx::TILE);
+    let per_group = buf.len / groups;
+    let shared = DisjointSlice::new(&mut buf.buf[..buf.len]);
+    let per_task = units_per_task(pool, groups, n * cols);
+    pool.run(groups.div_ceil(per_task), |task| {
+        let (g0, g1) = (task * per_task, ((task + 1) * per_task).min(groups));
+        let (t0, t1) = (g0 * amx::TILE, (g1 * amx::TILE).min(n));
+        // SAFETY: groups g0..g1 belong to this task alone.
+        let out = unsafe { shared.part(g0 * per_group, (g1 - g0) * per_group) };
+        amx::pack_acts(x, cols, t0, t1, out);
+    });
+    buf
+}
+
 /// Every token's activations laid out for the panel kernel ([`float::pack_acts`]) in groups of
 /// [`float::PANEL_TOKENS`], the last group short, from a 64-byte boundary
 /// ([`float::aligned_start`]); spread over the pool when large.
@@ -249,6 +369,10 @@ impl<T> Drop for Scratch<T> {
 thread_local! {
     /// The calling thread's spare for [`pack_float_acts`].
     static PACKED_ACTS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// The calling thread's spare for [`pack_amx_acts`].
+    static AMX_ACTS: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
+    /// Each thread's packed weights on the AMX path, kept between calls as [`PANEL`] is.
+    static AMX_WEIGHTS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Each thread's widened weights for the AVX-512 float path, kept between calls: a fresh
     /// buffer per task cost page faults on every matmul. A task borrows it only around kernel
     /// calls, which never start a matmul, so the borrow cannot nest.

@@ -25,6 +25,7 @@ macro_rules! assert_block {
 }
 
 pub mod act;
+pub mod amx;
 pub mod block32;
 pub mod common;
 pub mod float;

@@ -2,6 +2,7 @@
 //! dequantize-then-f32 reference. Known-answer tests live next to each format.
 
 use super::act::{quantize_q8a, quantize_q8k, BlockQ8A, BlockQ8K};
+use super::amx;
 use super::common::{as_blocks, f32_to_f16};
 use super::float::{self, Float};
 use super::*;
@@ -430,10 +431,14 @@ fn float_matmul_is_batch_invariant() {
             }
             assert_eq!(split, a, "{} {rows}x{cols}: batch split changed the result", dtype.name());
             let wf = w.to_f32();
+            // AMX keeps about 17 bits of each activation (see `amx`): within 2⁻¹⁴ of Σ|w·x|.
+            let amx_path = dtype != DType::F32 && amx::enabled();
             for (i, got) in a.iter().enumerate() {
                 let (tok, r) = (i / rows, i % rows);
                 let want: f32 = (0..cols).map(|c| wf[r * cols + c] * x[tok * cols + c]).sum();
-                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{}: {got} vs {want}", dtype.name());
+                let scale: f32 = (0..cols).map(|c| (wf[r * cols + c] * x[tok * cols + c]).abs()).sum();
+                let tol = if amx_path { scale * 2f32.powi(-14) } else { 1e-4 * (1.0 + want.abs()) };
+                assert!((got - want).abs() <= tol, "{}: {got} vs {want}", dtype.name());
             }
         }
     }
@@ -504,6 +509,169 @@ fn float_panel_kernel_matches_the_row_kernel() {
                 float::pack_acts(&acts[..k], &mut packed);
                 float::dot_panel(kind, panel, &bytes, rb, &packed, &acts[..k], &mut g);
                 assert_eq!(got, want, "{} {rows}x{cols}, {k} tokens", dtype.name());
+            }
+        }
+    }
+}
+
+/// The AMX split is exact for F16 weights (`hi + lo` is the weight) and for BF16 (`hi` is it),
+/// and the activation split keeps the value to within 2⁻¹⁷ of it.
+#[test]
+fn amx_splits_are_exact_where_they_must_be() {
+    for bits in 0..=u16::MAX {
+        let w = bits.to_le_bytes();
+        let x = super::common::f16_to_f32(w);
+        if !x.is_finite() {
+            continue;
+        }
+        let (hi, lo) = amx::split_weight(Float::F16, w);
+        let back = f32::from_bits((hi as u32) << 16) + f32::from_bits((lo as u32) << 16);
+        assert_eq!(back, x, "f16 {bits:#06x}");
+        assert_eq!(amx::split_weight(Float::BF16, w), (bits, 0));
+    }
+    let mut rng = StdRng::seed_from_u64(21);
+    for x in gauss(&mut rng, 100_000, 3.0) {
+        let (hi, mid) = amx::split_act(x);
+        let back = f32::from_bits((hi as u32) << 16) + f32::from_bits((mid as u32) << 16);
+        assert!((back - x).abs() <= x.abs() * 2f32.powi(-17), "{x} split to {back}");
+    }
+}
+
+/// Weight tiles from the AVX-512 packer are the scalar packer's, for odd rows and columns.
+#[test]
+fn amx_weight_packing_matches_scalar() {
+    let mut rng = StdRng::seed_from_u64(22);
+    for (dtype, kind) in [(DType::F16, Float::F16), (DType::BF16, Float::BF16)] {
+        for (rows, cols) in [(1, 32), (5, 40), (16, 64), (37, 577), (48, 1536)] {
+            let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
+            let len = amx::packed_weights_len(kind, rows, cols);
+            let (mut fast, mut slow) = (vec![7u16; len], vec![9u16; len]);
+            amx::pack_weights(kind, &bytes, 2 * cols, &mut fast);
+            amx::pack_weights_scalar(kind, &bytes, 2 * cols, &mut slow);
+            assert!(fast == slow, "{} {rows}x{cols}", dtype.name());
+        }
+    }
+}
+
+/// On a CPU with AMX: tile products within 2⁻¹⁴ of `Σ|w·x|` of f64 dot products of the same
+/// weights and activations, and each output the same bits whichever block and group hold its
+/// row and token (here: alone, or the sixth token of 37 and a row of the third block).
+#[test]
+fn amx_tiles_are_accurate_and_batch_invariant() {
+    if !amx::available() {
+        eprintln!("no AMX on this CPU: the F16 and BF16 matmuls use the vector kernels");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(23);
+    for (dtype, kind) in [(DType::F16, Float::F16), (DType::BF16, Float::BF16)] {
+        for (rows, cols, n) in [(1, 32, 1), (40, 100, 37), (70, 1536, 20)] {
+            let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
+            let w = QMatrix::new(dtype, rows, cols, crate::Bytes::from_vec(bytes.clone())).unwrap().to_f32();
+            let x = gauss(&mut rng, n * cols, 1.0);
+            let run = |rows: std::ops::Range<usize>, t0: usize, t1: usize| {
+                let rb = 2 * cols;
+                let mut wp = vec![0u16; amx::packed_weights_len(kind, rows.len(), cols)];
+                amx::pack_weights(kind, &bytes[rows.start * rb..rows.end * rb], rb, &mut wp);
+                let xs = &x[t0 * cols..t1 * cols];
+                let mut ap = vec![0u16; amx::packed_acts_len(t1 - t0, cols)];
+                amx::pack_acts(xs, cols, 0, t1 - t0, &mut ap);
+                let mut out = vec![f32::NAN; (t1 - t0) * rows.len()];
+                let (blocks, groups) = (rows.len().div_ceil(amx::TILE), (t1 - t0).div_ceil(amx::TILE));
+                amx::dot_tiles(kind, &wp, blocks, &ap, groups, amx::steps(cols), |b, g, tile| {
+                    for (k, row) in tile.iter().enumerate() {
+                        for (m, &v) in row.iter().enumerate() {
+                            let (r, t) = (b * amx::TILE + m, g * amx::TILE + k);
+                            if r < rows.len() && t < t1 - t0 {
+                                out[t * rows.len() + r] = v;
+                            }
+                        }
+                    }
+                });
+                out
+            };
+            let all = run(0..rows, 0, n);
+            for t in 0..n {
+                for r in 0..rows {
+                    let (wr, xt) = (&w[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols]);
+                    let want: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let scale: f64 = wr.iter().zip(xt).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                    let got = all[t * rows + r] as f64;
+                    assert!((got - want).abs() <= scale * 2f64.powi(-14), "{} {t},{r}: {got} vs {want}", dtype.name());
+                }
+            }
+            let t = n.min(6) - 1;
+            let r = rows.min(35) - 1;
+            let alone = run(r..r + 1, t, t + 1);
+            assert_eq!(alone[0].to_bits(), all[t * rows + r].to_bits(), "{} {rows}x{cols}", dtype.name());
+            // The decode kernel (operands swapped, weights split row-major) on up to 16 tokens
+            // gives the same bits.
+            let few = n.min(amx::TILE);
+            let width = amx::split_width(cols);
+            let padded = rows.div_ceil(amx::TILE) * amx::TILE * width;
+            let mut hi = vec![1u16; padded];
+            let mut lo = vec![1u16; if kind == Float::F16 { padded } else { 0 }];
+            amx::split_weights(kind, &bytes, 2 * cols, &mut hi, &mut lo);
+            let mut ap = vec![0u16; amx::packed_acts_len(few, cols)];
+            amx::pack_acts_pairs(&x[..few * cols], cols, few, &mut ap);
+            let mut got = vec![f32::NAN; few * rows];
+            amx::dot_rows_few(kind, &hi, &lo, rows.div_ceil(amx::TILE), &ap, amx::steps(cols), |b, tile| {
+                for (i, row) in tile.iter().enumerate() {
+                    for (k, &v) in row[..few].iter().enumerate() {
+                        if b * amx::TILE + i < rows {
+                            got[k * rows + b * amx::TILE + i] = v;
+                        }
+                    }
+                }
+            });
+            let want: Vec<u32> = all[..few * rows].iter().map(|v| v.to_bits()).collect();
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want,
+                "{} {rows}x{cols} decode kernel",
+                dtype.name()
+            );
+        }
+    }
+}
+
+/// The AMX matmul (on a CPU with AMX, whether or not `FERROLLM_AMX` turns it on for the
+/// engine): the same bits for a token whatever the batch split (decode's ≤ 16-token kernel and
+/// prefill's larger one alike), thread count and fused matrices, and close to f64.
+#[test]
+fn amx_matmul_is_batch_invariant_across_both_kernels() {
+    if !amx::available() {
+        eprintln!("no AMX on this CPU: the F16 and BF16 matmuls use the vector kernels");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(24);
+    let (one, two) = (ThreadPool::new(1), ThreadPool::new(2));
+    for (dtype, kind) in [(DType::F16, Float::F16), (DType::BF16, Float::BF16)] {
+        for (rows, cols) in [(1, 8), (7, 45), (50, 200), (130, 576)] {
+            let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
+            let w = QMatrix::new(dtype, rows, cols, crate::Bytes::from_vec(bytes)).unwrap();
+            let n = 53;
+            let x = gauss(&mut rng, n * cols, 1.0);
+            let run = |pool: &ThreadPool, t0: usize, t1: usize, out: &mut [f32]| {
+                super::matmul::run_amx(pool, &[&w], &x[t0 * cols..t1 * cols], t1 - t0, &mut [out], kind)
+            };
+            let (mut a, mut b) = (vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]);
+            run(&one, 0, n, &mut a);
+            run(&two, 0, n, &mut b);
+            assert_eq!(a, b, "{} {rows}x{cols}: thread count changed the result", dtype.name());
+            let mut split = vec![f32::NAN; n * rows];
+            let mut t = 0;
+            for k in [1usize, 16, 17, 3, 16] {
+                run(&two, t, t + k, &mut split[t * rows..(t + k) * rows]);
+                t += k;
+            }
+            assert_eq!(split, a, "{} {rows}x{cols}: batch split changed the result", dtype.name());
+            let wf = w.to_f32();
+            for (i, got) in a.iter().enumerate() {
+                let (tok, r) = (i / rows, i % rows);
+                let (wr, xt) = (&wf[r * cols..(r + 1) * cols], &x[tok * cols..(tok + 1) * cols]);
+                let want: f64 = wr.iter().zip(xt).map(|(&p, &q)| p as f64 * q as f64).sum();
+                let scale: f64 = wr.iter().zip(xt).map(|(&p, &q)| (p as f64 * q as f64).abs()).sum();
+                assert!((*got as f64 - want).abs() <= scale * 2f64.powi(-14), "{}: {got} vs {want}", dtype.name());
             }
         }
     }
