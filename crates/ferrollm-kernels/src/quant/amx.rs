@@ -490,16 +490,8 @@ mod x86 {
         }
         let mut tile = [[0f32; TILE]; TILE];
         for r in 0..R {
-            let p = tile.as_mut_ptr().cast::<f32>();
-            // SAFETY: `tile` is 16 rows of 64 bytes.
-            unsafe {
-                match r {
-                    0 => asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack)),
-                    1 => asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack)),
-                    2 => asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) 64usize, options(nostack)),
-                    _ => asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) 64usize, options(nostack)),
-                }
-            }
+            // SAFETY: tiles configured (the caller's promise).
+            unsafe { store_result(r, &mut tile) };
             emit(b0 + r, &tile);
         }
     }
@@ -643,6 +635,24 @@ mod x86 {
         }
     }
 
+    /// Stores result tile `c` (0 to 3) into `tile`.
+    ///
+    /// # Safety
+    /// Tiles configured.
+    #[inline(always)]
+    unsafe fn store_result(c: usize, tile: &mut ResultTile) {
+        let p = tile.as_mut_ptr().cast::<f32>();
+        // SAFETY: `tile` is 16 rows of 64 bytes.
+        unsafe {
+            match c {
+                0 => asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack)),
+                1 => asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack)),
+                2 => asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) 64usize, options(nostack)),
+                _ => asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) 64usize, options(nostack)),
+            }
+        }
+    }
+
     /// `dp` into result tile `c` (0 to 3), which the unrolled loops make a constant.
     #[inline(always)]
     unsafe fn dp_into<const A: usize, const B: usize>(c: usize) {
@@ -682,13 +692,13 @@ mod x86 {
                 unsafe {
                     match (parts, rb, gs) {
                         (2, 1, 1) => tile_run::<2, 1, 1>(w, a, b, g, steps, emit),
-                        (2, 2, 1) => pair_run::<2>(w, a, b, g, steps, emit),
+                        (2, 2, 1) => tile_run::<2, 2, 1>(w, a, b, g, steps, emit),
                         (2, 3, 1) => tile_run::<2, 3, 1>(w, a, b, g, steps, emit),
                         (2, 4, 1) => tile_run::<2, 4, 1>(w, a, b, g, steps, emit),
                         (2, 1, 2) => tile_run::<2, 1, 2>(w, a, b, g, steps, emit),
                         (2, 2, 2) => tile_run::<2, 2, 2>(w, a, b, g, steps, emit),
                         (1, 1, 1) => tile_run::<1, 1, 1>(w, a, b, g, steps, emit),
-                        (1, 2, 1) => pair_run::<1>(w, a, b, g, steps, emit),
+                        (1, 2, 1) => tile_run::<1, 2, 1>(w, a, b, g, steps, emit),
                         (1, 3, 1) => tile_run::<1, 3, 1>(w, a, b, g, steps, emit),
                         (1, 4, 1) => tile_run::<1, 4, 1>(w, a, b, g, steps, emit),
                         (1, 1, 2) => tile_run::<1, 1, 2>(w, a, b, g, steps, emit),
@@ -700,56 +710,6 @@ mod x86 {
             }
             b += rb;
         }
-    }
-
-    /// Two row blocks from `b0` against one token group (decode): result tiles in tmm0-1, each
-    /// block's weight parts in tmm2-5 and the group's in tmm6-7, so consecutive products go to
-    /// different result tiles and no load waits on the product before it.
-    ///
-    /// # Safety
-    /// Tiles configured; the blocks and the group lie within `w` and `a`.
-    #[inline(always)]
-    unsafe fn pair_run<const PARTS: usize>(
-        w: &[u16],
-        a: &[u16],
-        b0: usize,
-        g0: usize,
-        steps: usize,
-        emit: &mut impl FnMut(usize, usize, &ResultTile),
-    ) {
-        let (wp, ap) = (w.as_ptr(), a.as_ptr());
-        let wtile = |b: usize, s: usize, part: usize| ((b * steps + s) * PARTS + part) * TILE_ELEMS;
-        let atile = |g: usize, s: usize, part: usize| ((g * steps + s) * 2 + part) * TILE_ELEMS;
-        // SAFETY (whole body): every offset is a tile of a block or group in range.
-        unsafe {
-            asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
-            for s in 0..steps {
-                load::<6>(ap.add(atile(g0, s, 0)));
-                load::<2>(wp.add(wtile(b0, s, 0)));
-                load::<3>(wp.add(wtile(b0 + 1, s, 0)));
-                dp::<0, 6, 2>();
-                dp::<1, 6, 3>();
-                load::<7>(ap.add(atile(g0, s, 1)));
-                if PARTS == 2 {
-                    load::<4>(wp.add(wtile(b0, s, 1)));
-                    load::<5>(wp.add(wtile(b0 + 1, s, 1)));
-                }
-                dp::<0, 7, 2>();
-                dp::<1, 7, 3>();
-                if PARTS == 2 {
-                    dp::<0, 6, 4>();
-                    dp::<1, 6, 5>();
-                }
-            }
-        }
-        let mut tile = [[0f32; TILE]; TILE];
-        let p = tile.as_mut_ptr().cast::<f32>();
-        // SAFETY: `tile` is 16 rows of 64 bytes.
-        unsafe { asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack)) };
-        emit(b0, g0, &tile);
-        // SAFETY: as above.
-        unsafe { asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack)) };
-        emit(b0 + 1, g0, &tile);
     }
 
     /// `R` row blocks from `b0` against `G` token groups from `g0` (`R·G` ≤ 4 result tiles in
@@ -801,24 +761,8 @@ mod x86 {
         let mut tile = [[0f32; TILE]; TILE];
         for r in 0..R {
             for g in 0..G {
-                let p = tile.as_mut_ptr().cast::<f32>();
-                // SAFETY: `tile` is 16 rows of 64 bytes.
-                unsafe {
-                    match r * G + g {
-                        0 => {
-                            asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                        }
-                        1 => {
-                            asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                        }
-                        2 => {
-                            asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                        }
-                        _ => {
-                            asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                        }
-                    }
-                }
+                // SAFETY: tiles configured (the caller's promise).
+                unsafe { store_result(r * G + g, &mut tile) };
                 emit(b0 + r, g0 + g, &tile);
             }
         }

@@ -222,28 +222,15 @@ pub(super) fn run_amx(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, o
     }
     let acts = pack_amx_acts(pool, x, n, cols);
     let groups = n.div_ceil(amx::TILE);
-    let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
-    pool.run(tasks.len(), |task| {
-        let (m, b0, b1) = tasks[task];
-        let (weights, rows, out) = (ws[m].bytes(), ws[m].rows, &outs[m]);
-        AMX_WEIGHTS.with_borrow_mut(|packed| {
-            for s0 in (b0..b1).step_by(AMX_SUB_BLOCKS) {
-                let s1 = (s0 + AMX_SUB_BLOCKS).min(b1);
-                let (r0, r1) = (s0 * amx::TILE, (s1 * amx::TILE).min(rows));
-                let len = amx::packed_weights_len(kind, r1 - r0, cols);
-                if packed.len() < len {
-                    packed.resize(len, 0);
-                }
-                amx::pack_weights(kind, &weights[r0 * rb..r1 * rb], rb, &mut packed[..len]);
-                amx::dot_tiles(kind, &packed[..len], s1 - s0, &acts, groups, steps, |b, g, tile| {
-                    let r = r0 + b * amx::TILE;
-                    let live = (r1 - r).min(amx::TILE);
-                    for (k, t) in (g * amx::TILE..n.min(g * amx::TILE + amx::TILE)).enumerate() {
-                        // SAFETY: this task alone computes rows r0..r1 of matrix m for every
-                        // token; the run `t·rows + r..` of `live` rows lies within them.
-                        unsafe { out.part(t * rows + r, live) }.copy_from_slice(&tile[k][..live]);
-                    }
-                });
+    amx_sub_blocks(pool, ws, outs, &tasks, |packed, bytes, (r0, r1), blocks, store| {
+        let len = amx::packed_weights_len(kind, r1 - r0, cols);
+        if packed.len() < len {
+            packed.resize(len, 0);
+        }
+        amx::pack_weights(kind, bytes, rb, &mut packed[..len]);
+        amx::dot_tiles(kind, &packed[..len], blocks, &acts, groups, steps, |b, g, tile| {
+            for (k, t) in (g * amx::TILE..n.min(g * amx::TILE + amx::TILE)).enumerate() {
+                store(t, r0 + b * amx::TILE, &mut |o: &mut [f32]| o.copy_from_slice(&tile[k][..o.len()]));
             }
         });
     });
@@ -264,6 +251,40 @@ fn run_amx_few(
     let (steps, rb, width) = (amx::steps(cols), ws[0].row_bytes(), amx::split_width(cols));
     let mut acts = vec![0u16; amx::packed_acts_len(n, cols)];
     amx::pack_acts_pairs(x, cols, n, &mut acts);
+    amx_sub_blocks(pool, ws, outs, tasks, |packed, bytes, (r0, _), blocks, store| {
+        let len = blocks * amx::TILE * width;
+        if packed.len() < 2 * len {
+            packed.resize(2 * len, 0);
+        }
+        let (hi, lo) = packed[..2 * len].split_at_mut(len);
+        let lo = if kind == Float::F16 { lo } else { &mut [][..] };
+        amx::split_weights(kind, bytes, rb, hi, lo);
+        amx::dot_rows_few(kind, hi, lo, blocks, &acts, steps, |b, tile| {
+            for t in 0..n {
+                store(t, r0 + b * amx::TILE, &mut |o: &mut [f32]| {
+                    for (o, row) in o.iter_mut().zip(tile) {
+                        *o = row[t];
+                    }
+                });
+            }
+        });
+    });
+}
+
+/// Runs `body(packed, bytes, (r0, r1), blocks, store)` for each sub-block of
+/// [`AMX_SUB_BLOCKS`] row blocks of each task's rows: `bytes` are rows `r0..r1` of the
+/// task's matrix, `packed` the thread's spare, and `store(t, r, write)` hands `write` token
+/// `t`'s outputs from row `r` to the sub-block's end (at most 16).
+fn amx_sub_blocks<B>(
+    pool: &ThreadPool,
+    ws: &[&QMatrix],
+    outs: &mut [&mut [f32]],
+    tasks: &[(usize, usize, usize)],
+    body: B,
+) where
+    B: Fn(&mut Vec<u16>, &[u8], (usize, usize), usize, &dyn Fn(usize, usize, &mut dyn FnMut(&mut [f32]))) + Sync,
+{
+    let rb = ws[0].row_bytes();
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
     pool.run(tasks.len(), |task| {
         let (m, b0, b1) = tasks[task];
@@ -272,26 +293,12 @@ fn run_amx_few(
             for s0 in (b0..b1).step_by(AMX_SUB_BLOCKS) {
                 let s1 = (s0 + AMX_SUB_BLOCKS).min(b1);
                 let (r0, r1) = (s0 * amx::TILE, (s1 * amx::TILE).min(rows));
-                let len = (s1 - s0) * amx::TILE * width;
-                if packed.len() < 2 * len {
-                    packed.resize(2 * len, 0);
-                }
-                let emit = |b: usize, tile: &amx::ResultTile| {
-                    let r = r0 + b * amx::TILE;
-                    let live = (r1 - r).min(amx::TILE);
-                    for t in 0..n {
-                        // SAFETY: this task alone computes rows r0..r1 of matrix m for every
-                        // token; the run `t·rows + r..` of `live` rows lies within them.
-                        let o = unsafe { out.part(t * rows + r, live) };
-                        for (o, row) in o.iter_mut().zip(tile) {
-                            *o = row[t];
-                        }
-                    }
+                let store = |t: usize, r: usize, write: &mut dyn FnMut(&mut [f32])| {
+                    // SAFETY: this task alone computes rows r0..r1 of matrix m for every token;
+                    // the run `t·rows + r..` of at most 16 rows ends within them.
+                    write(unsafe { out.part(t * rows + r, (r1 - r).min(amx::TILE)) })
                 };
-                let (hi, lo) = packed[..2 * len].split_at_mut(len);
-                let lo = if kind == Float::F16 { lo } else { &mut [][..] };
-                amx::split_weights(kind, &weights[r0 * rb..r1 * rb], rb, hi, lo);
-                amx::dot_rows_few(kind, hi, lo, s1 - s0, &acts, steps, emit);
+                body(packed, &weights[r0 * rb..r1 * rb], (r0, r1), s1 - s0, &store);
             }
         });
     });
