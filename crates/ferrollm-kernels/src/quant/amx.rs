@@ -323,40 +323,19 @@ mod x86 {
     fn pack<const PARTS: usize>(bytes: &[u8], row_bytes: usize, out: &mut [u16]) {
         let kind = if PARTS == 2 { Float::F16 } else { Float::BF16 };
         let (rows, cols) = (bytes.len() / row_bytes, row_bytes / 2);
-        let (steps, full) = (steps(cols), cols / STEP);
-        let width = steps * STEP;
+        let (steps, width) = (steps(cols), split_width(cols));
         let mut split = vec![0u16; 2 * TILE * width];
         let (hi, lo) = split.split_at_mut(TILE * width);
         for (rb, block) in out.chunks_exact_mut(steps * PARTS * TILE_ELEMS).enumerate() {
             let live = rows.saturating_sub(rb * TILE).min(TILE);
-            for r in 0..TILE {
-                let (h, l) = (&mut hi[r * width..][..width], &mut lo[r * width..][..width]);
-                if r >= live {
-                    h.fill(0);
-                    l.fill(0);
-                    continue;
-                }
-                let src = &bytes[(rb * TILE + r) * row_bytes..][..row_bytes];
-                for s in 0..full {
-                    // SAFETY: step s's 64 bytes lie within the row (s < cols / 32), and 32 u16
-                    // from `32·s` within `h` and `l` (width ≥ 32·steps).
-                    unsafe {
-                        step::<PARTS>(
-                            src[s * 2 * STEP..].as_ptr(),
-                            h[s * STEP..].as_mut_ptr(),
-                            l[s * STEP..].as_mut_ptr(),
-                        )
-                    };
-                }
-                // The column tail, zero-padded: the scalar split.
-                for col in full * STEP..width {
-                    (h[col], l[col]) =
-                        if col < cols { split_weight(kind, [src[2 * col], src[2 * col + 1]]) } else { (0, 0) };
-                }
-            }
+            let block_rows = &bytes[rb * TILE * row_bytes..][..live * row_bytes];
+            let lo = if PARTS == 2 { &mut *lo } else { &mut [][..] };
+            // SAFETY: AVX-512 F and F16C (this function's features); `hi` (and `lo`) hold the
+            // block's 16 padded rows.
+            unsafe { split_rows(kind, block_rows, row_bytes, hi, lo) };
             for (s, tiles) in block.chunks_exact_mut(PARTS * TILE_ELEMS).enumerate() {
                 for (part, tile) in tiles.chunks_exact_mut(TILE_ELEMS).enumerate() {
-                    let src = [&hi[s * STEP..], &lo[s * STEP..]][part];
+                    let src = if part == 0 { &hi[s * STEP..] } else { &lo[s * STEP..] };
                     assert!(src.len() >= (TILE - 1) * width + STEP);
                     // SAFETY: 16 rows of 64 bytes, `width` u16 apart, within `src` (asserted);
                     // the tile is 16 rows of 64 bytes.
