@@ -57,7 +57,7 @@ pub fn available() -> bool {
 }
 
 /// Whether F16 and BF16 matmuls take this path: [`available`] and `FERROLLM_AMX=1`. Opt-in for
-/// now: prefill is 1.4x faster, but batch-1 decode half as fast as the vector kernels (each
+/// now: prefill is 1.3-1.4x faster, but batch-1 decode half as fast as the vector kernels (each
 /// step splits every weight into parts again), and results round differently from theirs.
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -193,16 +193,28 @@ pub fn pack_acts(x: &[f32], cols: usize, t0: usize, t1: usize, out: &mut [u16]) 
 /// ([`dot_rows_few`]): `hi` and `lo` (F16) each hold [`TILE`]-padded rows of
 /// [`split_width`] u16, zeros past the matrix. No transpose: a tile loads straight from them.
 pub fn split_weights(kind: Float, bytes: &[u8], row_bytes: usize, hi: &mut [u16], lo: &mut [u16]) {
-    let (rows, cols) = (bytes.len() / row_bytes, row_bytes / 2);
-    let width = split_width(cols);
-    let padded = rows.div_ceil(TILE) * TILE * width;
-    assert!(hi.len() == padded && (lo.len() == padded || weight_parts(kind) == 1), "split_weights output");
+    check_split(kind, bytes, row_bytes, hi, lo);
     #[cfg(target_arch = "x86_64")]
     if has_avx512f() {
         // SAFETY: AVX-512 F, AVX2 and F16C were detected; lengths checked.
         unsafe { x86::split_rows(kind, bytes, row_bytes, hi, lo) };
         return;
     }
+    split_weights_scalar(kind, bytes, row_bytes, hi, lo)
+}
+
+/// The output shapes [`split_weights`] writes: `lo` empty or as long as `hi` for BF16.
+fn check_split(kind: Float, bytes: &[u8], row_bytes: usize, hi: &[u16], lo: &[u16]) {
+    let (rows, cols) = (bytes.len() / row_bytes, row_bytes / 2);
+    let padded = rows.div_ceil(TILE) * TILE * split_width(cols);
+    assert!(hi.len() == padded && (lo.len() == padded || weight_parts(kind) == 1), "split_weights output");
+}
+
+/// Scalar reference of [`split_weights`].
+pub fn split_weights_scalar(kind: Float, bytes: &[u8], row_bytes: usize, hi: &mut [u16], lo: &mut [u16]) {
+    check_split(kind, bytes, row_bytes, hi, lo);
+    let (rows, cols) = (bytes.len() / row_bytes, row_bytes / 2);
+    let width = split_width(cols);
     for (r, h) in hi.chunks_exact_mut(width).enumerate() {
         for (c, v) in h.iter_mut().enumerate() {
             let (x, y) = if r < rows && c < cols {
@@ -662,27 +674,21 @@ mod x86 {
         let mut b = 0;
         while b < blocks {
             let mut g = 0;
-            // Two blocks × two groups when there are groups to pair, else up to four blocks
-            // against one group (decode).
-            let rb = if groups >= 2 { (blocks - b).min(2) } else { (blocks - b).min(4) };
+            // Two blocks × two groups, fewer at the edges (decode has its own kernel).
+            let rb = (blocks - b).min(2);
             while g < groups {
-                let gs = if rb <= 2 { (groups - g).min(2) } else { 1 };
+                let gs = (groups - g).min(2);
                 // SAFETY: the block and group ranges lie within the packed operands.
                 unsafe {
                     match (parts, rb, gs) {
                         (2, 1, 1) => tile_run::<2, 1, 1>(w, a, b, g, steps, emit),
                         (2, 2, 1) => tile_run::<2, 2, 1>(w, a, b, g, steps, emit),
-                        (2, 3, 1) => tile_run::<2, 3, 1>(w, a, b, g, steps, emit),
-                        (2, 4, 1) => tile_run::<2, 4, 1>(w, a, b, g, steps, emit),
                         (2, 1, 2) => tile_run::<2, 1, 2>(w, a, b, g, steps, emit),
                         (2, 2, 2) => tile_run::<2, 2, 2>(w, a, b, g, steps, emit),
                         (1, 1, 1) => tile_run::<1, 1, 1>(w, a, b, g, steps, emit),
                         (1, 2, 1) => tile_run::<1, 2, 1>(w, a, b, g, steps, emit),
-                        (1, 3, 1) => tile_run::<1, 3, 1>(w, a, b, g, steps, emit),
-                        (1, 4, 1) => tile_run::<1, 4, 1>(w, a, b, g, steps, emit),
                         (1, 1, 2) => tile_run::<1, 1, 2>(w, a, b, g, steps, emit),
-                        (1, 2, 2) => tile_run::<1, 2, 2>(w, a, b, g, steps, emit),
-                        _ => unreachable!("tile shape"),
+                        _ => tile_run::<1, 2, 2>(w, a, b, g, steps, emit),
                     }
                 }
                 g += gs;

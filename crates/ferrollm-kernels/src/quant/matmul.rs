@@ -249,8 +249,12 @@ fn run_amx_few(
 ) {
     let cols = ws[0].cols;
     let (steps, rb, width) = (amx::steps(cols), ws[0].row_bytes(), amx::split_width(cols));
-    let mut acts = vec![0u16; amx::packed_acts_len(n, cols)];
-    amx::pack_acts_pairs(x, cols, n, &mut acts);
+    let mut acts = Scratch::take(&AMX_ACTS);
+    acts.len = amx::packed_acts_len(n, cols);
+    if acts.buf.len() < acts.len {
+        acts.buf.resize(acts.len, 0);
+    }
+    amx::pack_acts_pairs(x, cols, n, &mut acts.buf[..acts.len]);
     amx_sub_blocks(pool, ws, outs, tasks, |packed, bytes, (r0, _), blocks, store| {
         let len = blocks * amx::TILE * width;
         if packed.len() < 2 * len {
@@ -376,7 +380,7 @@ impl<T> Drop for Scratch<T> {
 thread_local! {
     /// The calling thread's spare for [`pack_float_acts`].
     static PACKED_ACTS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-    /// The calling thread's spare for [`pack_amx_acts`].
+    /// The calling thread's spare for [`pack_amx_acts`] and decode's activations.
     static AMX_ACTS: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
     /// Each thread's packed weights on the AMX path, kept between calls as [`PANEL`] is.
     static AMX_WEIGHTS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };

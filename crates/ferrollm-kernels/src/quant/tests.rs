@@ -537,7 +537,8 @@ fn amx_splits_are_exact_where_they_must_be() {
     }
 }
 
-/// Weight tiles from the AVX-512 packer are the scalar packer's, for odd rows and columns.
+/// Weight tiles and row-major splits from the AVX-512 code are the scalar references', for odd
+/// rows and columns.
 #[test]
 fn amx_weight_packing_matches_scalar() {
     let mut rng = StdRng::seed_from_u64(22);
@@ -549,6 +550,14 @@ fn amx_weight_packing_matches_scalar() {
             amx::pack_weights(kind, &bytes, 2 * cols, &mut fast);
             amx::pack_weights_scalar(kind, &bytes, 2 * cols, &mut slow);
             assert!(fast == slow, "{} {rows}x{cols}", dtype.name());
+            // The decode kernel's row-major split, likewise.
+            let padded = rows.div_ceil(amx::TILE) * amx::TILE * amx::split_width(cols);
+            let lo_len = if kind == Float::F16 { padded } else { 0 };
+            let (mut fh, mut fl, mut sh, mut sl) =
+                (vec![7u16; padded], vec![7u16; lo_len], vec![9u16; padded], vec![9u16; lo_len]);
+            amx::split_weights(kind, &bytes, 2 * cols, &mut fh, &mut fl);
+            amx::split_weights_scalar(kind, &bytes, 2 * cols, &mut sh, &mut sl);
+            assert!(fh == sh && fl == sl, "{} {rows}x{cols} split", dtype.name());
         }
     }
 }
