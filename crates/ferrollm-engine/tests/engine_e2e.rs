@@ -35,29 +35,58 @@ fn greedy_capital_of_france_is_paris() {
 
 #[test]
 fn batching_chunking_and_preemption_do_not_change_greedy_outputs() {
-    let params = SamplingParams::greedy(24);
+    let params = SamplingParams { logprobs: Some(1), ..SamplingParams::greedy(24) };
+    check_outputs_survive_batching_chunking_and_preemption(common::smollm2(), PROMPTS, params);
+}
+
+/// The same for float weights (the tiny f16 fixture), log-probabilities to the bit. On a CPU with AMX its prompt tokens take
+/// the tile kernels and generated ones the vector kernels, which round differently: a token's
+/// kind, not its chunk or batch, must pick them, recomputation after preemption included. The
+/// prompts are long enough (40-odd tokens) to be more than one tile of tokens.
+#[test]
+fn float_weights_keep_outputs_under_batching_chunking_and_preemption() {
+    let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf/tiny-llama-f16");
+    let prompts: Vec<String> =
+        (0..8).map(|i| format!("Item {i}: the quick brown fox jumps over the lazy dog, then item {i} again")).collect();
+    let prompts: Vec<&str> = prompts.iter().map(|s| s.as_str()).collect();
+    let params = SamplingParams { ignore_eos: true, logprobs: Some(1), ..SamplingParams::greedy(24) };
+    check_outputs_survive_batching_chunking_and_preemption(model, &prompts, params);
+}
+
+fn check_outputs_survive_batching_chunking_and_preemption(
+    model: std::path::PathBuf,
+    prompts: &[&str],
+    params: SamplingParams,
+) {
+    let args = || EngineArgs::new(model.clone());
+    // Tokens and their log-probabilities, which show a difference in rounding long before it
+    // changes a greedy token.
+    let ids = |llm: &LLM, prompts: &[&str]| {
+        let outs = llm.generate(prompts, &params).unwrap();
+        outs.into_iter().map(|o| (o.outputs[0].token_ids.clone(), o.outputs[0].logprobs.clone())).collect::<Vec<_>>()
+    };
     // Reference: one request at a time, whole prompts, a roomy cache.
     let alone = {
         let llm = LLM::new(args()).unwrap();
-        PROMPTS.iter().map(|p| texts(&llm, &[p], &params).remove(0)).collect::<Vec<_>>()
+        prompts.iter().map(|p| ids(&llm, &[p]).remove(0)).collect::<Vec<_>>()
     };
     // All at once, prompts chunked 5 tokens at a time.
     let mut a = args();
     a.max_num_batched_tokens = 5;
     a.enable_prefix_caching = false;
-    let chunked = texts(&LLM::new(a).unwrap(), PROMPTS, &params);
+    let chunked = ids(&LLM::new(a).unwrap(), prompts);
     assert_eq!(chunked, alone, "chunked prefill + batching changed outputs");
-    // A pool of 6 blocks of 16 tokens: far too small for 8 requests of ~40 tokens at once.
+    // A pool of 6 blocks of 16 tokens: far too small for 8 requests of ~40-60 tokens at once.
     let mut a = args();
     a.kv_cache_memory = 6 * ferrollm_models::KvCache::bytes_per_block(
-        &ferrollm_models::load_model(&common::smollm2(), std::sync::Arc::new(ferrollm_kernels::CpuBackend::new()))
+        &ferrollm_models::load_model(&model, std::sync::Arc::new(ferrollm_kernels::CpuBackend::new()))
             .unwrap()
             .model
             .config,
         16,
     );
     let llm = LLM::new(a).unwrap();
-    let tight = texts(&llm, PROMPTS, &params);
+    let tight = ids(&llm, prompts);
     assert_eq!(tight, alone, "preemption changed outputs");
     assert!(llm.engine().scheduler_stats().num_preemptions > 0, "the pool was meant to force preemption");
     assert_eq!(llm.engine().scheduler_stats().num_free_blocks, 6, "blocks leaked");

@@ -6,7 +6,7 @@
 use crate::attention::{self, AttentionSeq, KvMut, KvShape, PagedKv};
 use crate::ops::{self, RopeStyle, RopeTable};
 use crate::threadpool::DisjointSlice;
-use crate::{QMatrix, ThreadPool};
+use crate::{QMatrix, ThreadPool, TokenRun};
 
 pub trait Backend: Send + Sync {
     /// `out = x · Wᵀ` for `n` rows of `x`.
@@ -16,6 +16,13 @@ pub trait Backend: Send + Sync {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             self.matmul(w, x, n, out);
         }
+    }
+    /// [`Self::matmul_many`] over a batch whose tokens come in `runs` of one kind
+    /// each ([`crate::TokenKind`]), in order: a backend may compute prompt and generated tokens with different kernels
+    /// (never differently by batch). The default treats them alike.
+    fn matmul_many_runs(&self, ws: &[&QMatrix], x: &[f32], runs: &[TokenRun], outs: &mut [&mut [f32]]) {
+        let n = runs.iter().map(|r| r.len).sum();
+        self.matmul_many(ws, x, n, outs)
     }
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]);
     fn rope(&self, table: &RopeTable, x: &mut [f32], positions: &[u32], n_heads: usize, style: RopeStyle);
@@ -89,6 +96,9 @@ impl Backend for CpuBackend {
     }
     fn matmul_many(&self, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
         crate::quant::matmul_many(self.pool, ws, x, n, outs)
+    }
+    fn matmul_many_runs(&self, ws: &[&QMatrix], x: &[f32], runs: &[TokenRun], outs: &mut [&mut [f32]]) {
+        crate::quant::matmul_many_runs(self.pool, ws, x, runs, outs)
     }
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         let dim = weight.len();

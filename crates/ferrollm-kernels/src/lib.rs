@@ -18,6 +18,7 @@ pub use attention::{AttentionSeq, KvElem, KvMut, KvRef, KvShape, PagedKv};
 pub use backend::{Backend, CpuBackend};
 pub use dtype::DType;
 pub use qmatrix::{Backing, Bytes, Layout, QMatrix};
+pub use quant::{TokenKind, TokenRun};
 pub use threadpool::ThreadPool;
 
 /// Errors raised when weights do not fit what a kernel can handle.

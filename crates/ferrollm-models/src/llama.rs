@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use ferrollm_kernels::ops::RopeTable;
-use ferrollm_kernels::{AttentionSeq, Backend, KvMut, KvRef, KvShape, PagedKv, QMatrix};
+use ferrollm_kernels::{AttentionSeq, Backend, KvMut, KvRef, KvShape, PagedKv, QMatrix, TokenKind, TokenRun};
 
 use crate::{Architecture, ModelConfig, ModelError, WeightSource};
 
@@ -110,7 +110,33 @@ pub struct SeqSlice<'a> {
     pub query_len: usize,
     /// Position of its first token (tokens before it are already in the cache).
     pub start_pos: usize,
+    /// Positions below this are the request's prompt, the rest tokens it generated (which may
+    /// be computed with other kernels, [`TokenKind`]); 0 for passes over generated tokens only.
+    pub prompt_len: usize,
     pub block_table: &'a [u32],
+}
+
+impl ForwardBatch<'_> {
+    /// The batch's tokens as runs of one [`TokenKind`] each, in row order.
+    fn token_runs(&self) -> Vec<TokenRun> {
+        let mut runs: Vec<TokenRun> = Vec::new();
+        let mut push = |len: usize, kind: TokenKind| match runs.last_mut() {
+            _ if len == 0 => {}
+            Some(last) if last.kind == kind => last.len += len,
+            _ => runs.push(TokenRun { len, kind }),
+        };
+        let mut row = 0;
+        for s in self.seqs {
+            // Rows no sequence claims (none in practice) count as generated.
+            push(s.query_start.saturating_sub(row), TokenKind::Generated);
+            let prompt = s.prompt_len.saturating_sub(s.start_pos).min(s.query_len);
+            push(prompt, TokenKind::Prompt);
+            push(s.query_len - prompt, TokenKind::Generated);
+            row = row.max(s.query_start + s.query_len);
+        }
+        push(self.token_ids.len().saturating_sub(row), TokenKind::Generated);
+        runs
+    }
 }
 
 /// Inputs of one forward pass.
@@ -244,11 +270,12 @@ impl LlamaModel {
             })
             .collect();
         let scale = 1.0 / (hd as f32).sqrt();
+        let runs = batch.token_runs();
 
         for (layer, kvl) in self.layers.iter().zip(kv.layers.iter_mut()).take(num_layers) {
             be.rms_norm(&x, &layer.attn_norm, c.rms_norm_eps, &mut xn);
             // One dispatch for Q, K and V (they share the input and, usually, the dtype).
-            be.matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &xn, n, &mut [&mut q, &mut k, &mut v]);
+            be.matmul_many_runs(&[&layer.wq, &layer.wk, &layer.wv], &xn, &runs, &mut [&mut q, &mut k, &mut v]);
             if let (Some(bq), Some(bk), Some(bv)) = (&layer.bq, &layer.bk, &layer.bv) {
                 ferrollm_kernels::ops::add_bias(&mut q, bq);
                 ferrollm_kernels::ops::add_bias(&mut k, bk);
@@ -260,13 +287,13 @@ impl LlamaModel {
             be.write_kv(kvl.as_mut(), &k, &v, batch.slot_mapping, shape);
             let paged = PagedKv { data: kvl.as_ref(), shape };
             be.paged_attention(&q, &paged, &attn_seqs, c.num_heads, scale, &mut attn);
-            be.matmul(&layer.wo, &attn, n, &mut o);
+            be.matmul_many_runs(&[&layer.wo], &attn, &runs, &mut [&mut o]);
             be.add_inplace(&mut x, &o);
 
             be.rms_norm(&x, &layer.ffn_norm, c.rms_norm_eps, &mut xn);
-            be.matmul_many(&[&layer.w_gate, &layer.w_up], &xn, n, &mut [&mut gate, &mut up]);
+            be.matmul_many_runs(&[&layer.w_gate, &layer.w_up], &xn, &runs, &mut [&mut gate, &mut up]);
             be.silu_mul(&mut gate, &up);
-            be.matmul(&layer.w_down, &gate, n, &mut o);
+            be.matmul_many_runs(&[&layer.w_down], &gate, &runs, &mut [&mut o]);
             be.add_inplace(&mut x, &o);
         }
 
@@ -278,7 +305,36 @@ impl LlamaModel {
         let mut normed = vec![0f32; m * h];
         be.rms_norm(&last, &self.norm, c.rms_norm_eps, &mut normed);
         let mut logits = vec![0f32; m * c.vocab_size];
+        // A few rows, whatever their tokens: the head keeps the vector kernels.
         be.matmul(&self.lm_head, &normed, m, &mut logits);
         logits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(query_start: usize, query_len: usize, start_pos: usize, prompt_len: usize) -> SeqSlice<'static> {
+        SeqSlice { query_start, query_len, start_pos, prompt_len, block_table: &[] }
+    }
+
+    /// Prompt positions are prompt tokens wherever their chunk starts, the rest generated;
+    /// neighbouring runs of one kind merge.
+    #[test]
+    fn token_runs_follow_each_sequence_s_prompt() {
+        let seqs = [
+            seq(0, 1, 40, 30), // a decode step
+            seq(1, 1, 9, 0),   // a draft pass
+            seq(2, 8, 16, 20), // a chunk ending 4 past its prompt (resumed after preemption)
+            seq(10, 6, 0, 100),
+            seq(16, 5, 94, 99), // the last prompt chunk
+        ];
+        let ids = [0u32; 21];
+        let batch =
+            ForwardBatch { token_ids: &ids, positions: &[], slot_mapping: &[], seqs: &seqs, logits_indices: &[] };
+        let got: Vec<(usize, TokenKind)> = batch.token_runs().iter().map(|r| (r.len, r.kind)).collect();
+        use TokenKind::{Generated as G, Prompt as P};
+        assert_eq!(got, [(2, G), (4, P), (4, G), (11, P)]);
     }
 }

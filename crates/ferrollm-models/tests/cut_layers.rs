@@ -18,7 +18,13 @@ fn logits(model: &LlamaModel, tokens: &[u32], layers: usize) -> Vec<f32> {
     let table: Vec<u32> = (0..blocks as u32).rev().collect();
     let positions: Vec<u32> = (0..tokens.len() as u32).collect();
     let slots: Vec<usize> = (0..tokens.len()).map(|p| kv.slot(&table, p)).collect();
-    let seqs = [SeqSlice { query_start: 0, query_len: tokens.len(), start_pos: 0, block_table: &table }];
+    let seqs = [SeqSlice {
+        query_start: 0,
+        query_len: tokens.len(),
+        start_pos: 0,
+        prompt_len: tokens.len(),
+        block_table: &table,
+    }];
     let rows: Vec<usize> = (0..tokens.len()).collect();
     let batch = ForwardBatch {
         token_ids: tokens,

@@ -34,7 +34,13 @@ fn check_kv(label: &str, tol: f32, new_kv: fn(&ferrollm_models::ModelConfig, usi
         let table: Vec<u32> = (0..blocks as u32).collect();
         let positions: Vec<u32> = (0..ids.len() as u32).collect();
         let slots: Vec<usize> = (0..ids.len()).map(|p| kv.slot(&table, p)).collect();
-        let seqs = [SeqSlice { query_start: 0, query_len: ids.len(), start_pos: 0, block_table: &table }];
+        let seqs = [SeqSlice {
+            query_start: 0,
+            query_len: ids.len(),
+            start_pos: 0,
+            prompt_len: ids.len(),
+            block_table: &table,
+        }];
         let rows: Vec<usize> = (0..ids.len()).collect();
         let batch = ForwardBatch {
             token_ids: &ids,

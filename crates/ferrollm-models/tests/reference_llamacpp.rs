@@ -72,7 +72,13 @@ pub fn logits_all(m: &LoadedModel, tokens: &[u32], chunk: usize) -> Vec<Vec<f32>
         let ids = &tokens[start..end];
         let positions: Vec<u32> = (start as u32..end as u32).collect();
         let slots: Vec<usize> = (start..end).map(|p| kv.slot(&table, p)).collect();
-        let seqs = [SeqSlice { query_start: 0, query_len: ids.len(), start_pos: start, block_table: &table }];
+        let seqs = [SeqSlice {
+            query_start: 0,
+            query_len: ids.len(),
+            start_pos: start,
+            prompt_len: tokens.len(),
+            block_table: &table,
+        }];
         let rows: Vec<usize> = (0..ids.len()).collect();
         let batch = ForwardBatch {
             token_ids: ids,

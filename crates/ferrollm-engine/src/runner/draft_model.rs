@@ -152,7 +152,13 @@ impl ModelRunner {
                 }
             }
             if token_ids.len() > start {
-                ranges.push((start, token_ids.len() - start, s.start_pos, &s.block_table[..]));
+                ranges.push((
+                    start,
+                    token_ids.len() - start,
+                    s.start_pos,
+                    st.prompt_token_ids.len(),
+                    &s.block_table[..],
+                ));
             }
         }
         if token_ids.is_empty() {
@@ -160,10 +166,11 @@ impl ModelRunner {
         }
         let seqs: Vec<SeqSlice> = ranges
             .iter()
-            .map(|&(query_start, query_len, start_pos, block_table)| SeqSlice {
+            .map(|&(query_start, query_len, start_pos, prompt_len, block_table)| SeqSlice {
                 query_start,
                 query_len,
                 start_pos,
+                prompt_len,
                 block_table,
             })
             .collect();

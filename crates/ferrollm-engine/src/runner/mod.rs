@@ -110,7 +110,13 @@ impl<'a> DraftPass<'a> {
             p.token_ids.push(d.input);
             p.positions.push(d.pos as u32);
             p.slots.push(kv.slot(d.table, d.pos));
-            p.seqs.push(SeqSlice { query_start: r, query_len: 1, start_pos: d.pos, block_table: d.table });
+            p.seqs.push(SeqSlice {
+                query_start: r,
+                query_len: 1,
+                start_pos: d.pos,
+                prompt_len: 0,
+                block_table: d.table,
+            });
             d.pos += 1;
         }
         p
@@ -277,13 +283,14 @@ impl ModelRunner {
                 positions.push(pos as u32);
                 slots.push(self.kv.slot(&s.block_table, pos));
             }
+            let prompt_len = state.prompt_token_ids.len();
             seqs.push(SeqSlice {
                 query_start: start,
                 query_len: s.num_tokens(),
                 start_pos: s.start_pos,
+                prompt_len,
                 block_table: &s.block_table,
             });
-            let prompt_len = state.prompt_token_ids.len();
             let first = logits_indices.len();
             if state.params.prompt_logprobs.is_some() && s.start_pos < prompt_len {
                 // Rows whose next token is still a prompt token.

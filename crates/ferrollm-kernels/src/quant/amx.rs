@@ -9,10 +9,11 @@
 //! (`w·rest` and `w_lo·a_mid`) is within 2⁻¹⁵ of each product, finer than llama.cpp's own f16
 //! activations (2⁻¹²). BF16 weights need no `lo`.
 //!
-//! The tile unit sums in its own order, which no vector code reproduces, so when this path is
-//! on ([`enabled`]) every F16 and BF16 matmul goes through it, decode included: an output
-//! depends only on its weight row and its token (AMX computes each element of a result tile
-//! from one row and one column), so results stay batch invariant. Prefill (more than 16
+//! The tile unit sums in its own order, which no vector code reproduces, so which path a token
+//! takes is fixed by the token itself, never by its batch ([`mode`]): by default prompt tokens
+//! take the tiles and generated tokens the vector kernels ([`super::TokenKind`]). Within this
+//! path an output depends only on its weight row and its token (AMX computes each element of a
+//! result tile from one row and one column), so results stay batch invariant. Prefill (more than 16
 //! tokens) puts the activations in the tiles' first operand and the weights, transposed, in
 //! the second, so result tiles come out token-major; decode swaps them, which needs no
 //! transpose of the weights, and gives the same bits (the products are exact; tested).
@@ -27,6 +28,7 @@
 
 use super::common::{f16_to_f32, has_avx512f};
 use super::float::Float;
+use super::TokenKind;
 use std::sync::OnceLock;
 
 /// Columns per step: one tile row of bf16.
@@ -56,12 +58,40 @@ pub fn available() -> bool {
     })
 }
 
-/// Whether F16 and BF16 matmuls take this path: [`available`] and `FERROLLM_AMX=1`. Opt-in for
-/// now: prefill is 1.3-1.4x faster, but batch-1 decode half as fast as the vector kernels (each
-/// step splits every weight into parts again), and results round differently from theirs.
-pub fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("FERROLLM_AMX").is_some_and(|v| v != "0") && available())
+/// Which F16 and BF16 matmuls take this path ([`available`] first), from `FERROLLM_AMX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `FERROLLM_AMX=0`, or no AMX: the vector kernels everywhere.
+    Off,
+    /// The default: prompt tokens only. Prefill is 1.3-1.4× faster on tiles, while batch-1
+    /// decode on them is half as fast as the vector kernels (each step splits every weight into
+    /// parts again), so generated tokens keep the vector kernels.
+    Prompts,
+    /// `FERROLLM_AMX=all`: generated tokens too (for comparisons).
+    All,
+}
+
+/// This process's [`Mode`].
+pub fn mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| {
+        let var = std::env::var("FERROLLM_AMX").unwrap_or_default();
+        match var.as_str() {
+            _ if !available() => Mode::Off,
+            "0" | "off" => Mode::Off,
+            "all" => Mode::All,
+            _ => Mode::Prompts,
+        }
+    })
+}
+
+/// Whether F16 and BF16 matmuls over tokens of `kind` take this path.
+pub fn enabled_for(kind: TokenKind) -> bool {
+    match mode() {
+        Mode::Off => false,
+        Mode::Prompts => kind == TokenKind::Prompt,
+        Mode::All => true,
+    }
 }
 
 /// Asks Linux for the tile data state (`ARCH_REQ_XCOMP_PERM`, `XFEATURE_XTILEDATA`); the grant

@@ -10,7 +10,7 @@ use super::act::{ActBlock, BlockQ8A, BlockQ8K};
 use super::amx;
 use super::float::{self, Float};
 use super::x8::{self, Interleaved};
-use super::{block32, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
+use super::{block32, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, TokenKind, TokenRun};
 use crate::qmatrix::Layout;
 use crate::threadpool::DisjointSlice;
 use crate::{DType, QMatrix, ThreadPool};
@@ -31,8 +31,54 @@ pub fn matmul(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, out: &mut [f3
 
 /// `outs[i] = x · ws[i]ᵀ` for several matrices that read the same input (Q, K and V; gate and
 /// up): one activation quantization and one pool dispatch whose tasks split the rows of all of
-/// them. Matrices of different dtypes or widths go in one call per (dtype, width) group.
+/// them. Matrices of different dtypes or widths go in one call per (dtype, width) group. The
+/// tokens count as generated ones ([`matmul_many_as`]).
 pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+    matmul_many_as(pool, ws, x, n, outs, TokenKind::Generated)
+}
+
+/// [`matmul_many`] for a batch whose tokens come in `runs` of one kind each, in order, covering
+/// every row of `x`: one call for the whole batch where the kinds take the same kernels (always,
+/// but for F16/BF16 on AMX), else one per run, each run's rows being contiguous in `x` and in
+/// every output.
+pub fn matmul_many_runs(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], runs: &[TokenRun], outs: &mut [&mut [f32]]) {
+    let n: usize = runs.iter().map(|r| r.len).sum();
+    let differ = |w: &&QMatrix| {
+        matches!(w.dtype, DType::F16 | DType::BF16)
+            && amx::enabled_for(TokenKind::Prompt) != amx::enabled_for(TokenKind::Generated)
+    };
+    if !ws.iter().any(differ) || runs.len() < 2 {
+        let kind = runs.first().map_or(TokenKind::Generated, |r| r.kind);
+        return matmul_many_as(pool, ws, x, n, outs, kind);
+    }
+    let cols = ws.first().map_or(0, |w| w.cols);
+    assert_eq!(x.len(), n * cols, "matmul input shape");
+    let mut t0 = 0;
+    let mut i = 0;
+    while i < runs.len() {
+        // Adjacent runs of one kind go together.
+        let kind = runs[i].kind;
+        let mut t1 = t0;
+        while i < runs.len() && runs[i].kind == kind {
+            t1 += runs[i].len;
+            i += 1;
+        }
+        let mut parts: Vec<&mut [f32]> =
+            outs.iter_mut().zip(ws).map(|(o, w)| &mut o[t0 * w.rows..t1 * w.rows]).collect();
+        matmul_many_as(pool, ws, &x[t0 * cols..t1 * cols], t1 - t0, &mut parts, kind);
+        t0 = t1;
+    }
+}
+
+/// [`matmul_many`] over `n` tokens all of `kind`.
+pub fn matmul_many_as(
+    pool: &ThreadPool,
+    ws: &[&QMatrix],
+    x: &[f32],
+    n: usize,
+    outs: &mut [&mut [f32]],
+    kind: TokenKind,
+) {
     assert_eq!(ws.len(), outs.len(), "one output per matrix");
     let Some(w0) = ws.first() else { return };
     let same = |a: &QMatrix, b: &QMatrix| a.dtype == b.dtype && a.cols == b.cols && a.layout() == b.layout();
@@ -46,7 +92,7 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
             let group: Vec<usize> = (i..ws.len()).filter(|&j| slots[j].is_some() && same(ws[j], ws[i])).collect();
             let gw: Vec<&QMatrix> = group.iter().map(|&j| ws[j]).collect();
             let mut go: Vec<&mut [f32]> = group.iter().map(|&j| slots[j].take().expect("unvisited")).collect();
-            matmul_many(pool, &gw, x, n, &mut go);
+            matmul_many_as(pool, &gw, x, n, &mut go, kind);
         }
         return;
     }
@@ -77,8 +123,8 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
     }
     match w0.dtype {
         DType::F32 => run_float(pool, ws, x, n, outs, Float::F32),
-        DType::F16 if amx::enabled() => run_amx(pool, ws, x, n, outs, Float::F16),
-        DType::BF16 if amx::enabled() => run_amx(pool, ws, x, n, outs, Float::BF16),
+        DType::F16 if amx::enabled_for(kind) => run_amx(pool, ws, x, n, outs, Float::F16),
+        DType::BF16 if amx::enabled_for(kind) => run_amx(pool, ws, x, n, outs, Float::BF16),
         DType::F16 => run_float(pool, ws, x, n, outs, Float::F16),
         DType::BF16 => run_float(pool, ws, x, n, outs, Float::BF16),
         DType::Q4_0 => run::<BlockQ8A, _>(pool, ws, x, n, outs, block32::dot_rows::<q4_0::BlockQ4_0>),

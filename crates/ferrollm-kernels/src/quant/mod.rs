@@ -52,7 +52,26 @@ pub mod x8q8;
 
 use crate::{DType, QMatrix};
 use common::as_blocks;
-pub use matmul::{matmul, matmul_many};
+pub use matmul::{matmul, matmul_many, matmul_many_as, matmul_many_runs};
+
+/// What the tokens of a matmul are, for weights with two kernels that round differently (F16
+/// and BF16 on AMX, [`amx::mode`]): a token's kind, not its batch, picks the kernel, so each
+/// token's result is still the same whatever else is in the step, however it is chunked or
+/// resumed. Every other weight type computes both kinds alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Positions inside the request's prompt: prefill, where throughput matters.
+    Prompt,
+    /// Tokens the model generated (decode steps, drafts, their recomputation after preemption).
+    Generated,
+}
+
+/// A run of `len` consecutive tokens of one kind in a batch ([`matmul_many_runs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenRun {
+    pub len: usize,
+    pub kind: TokenKind,
+}
 
 /// Whether this crate can load and multiply weights of `dtype`. Loaders call it to turn an
 /// unsupported tensor type into an error instead of a panic deep in a kernel. (Every [`DType`]

@@ -432,7 +432,7 @@ fn float_matmul_is_batch_invariant() {
             assert_eq!(split, a, "{} {rows}x{cols}: batch split changed the result", dtype.name());
             let wf = w.to_f32();
             // AMX keeps about 17 bits of each activation (see `amx`): within 2⁻¹⁴ of Σ|w·x|.
-            let amx_path = dtype != DType::F32 && amx::enabled();
+            let amx_path = dtype != DType::F32 && amx::enabled_for(super::TokenKind::Generated);
             for (i, got) in a.iter().enumerate() {
                 let (tok, r) = (i / rows, i % rows);
                 let want: f32 = (0..cols).map(|c| wf[r * cols + c] * x[tok * cols + c]).sum();
@@ -683,5 +683,54 @@ fn amx_matmul_is_batch_invariant_across_both_kernels() {
                 assert!((*got as f64 - want).abs() <= scale * 2f64.powi(-14), "{}: {got} vs {want}", dtype.name());
             }
         }
+    }
+}
+
+/// A batch in runs of prompt and generated tokens: each token's outputs are those of its own
+/// kind computed alone (so the kind, never the batch, picks the kernel), for float weights (two
+/// kernels on an AMX CPU in the default mode) and quantized ones (one kernel for both kinds),
+/// with two fused matrices. Where the kinds share kernels the batch is one call and every
+/// output the same bits as a plain `matmul_many`.
+#[test]
+fn token_runs_take_their_own_kinds_kernels() {
+    use super::{TokenKind::*, TokenRun};
+    let mut rng = StdRng::seed_from_u64(25);
+    let pool = ThreadPool::new(2);
+    let runs = [(3, Generated), (20, Prompt), (1, Generated), (2, Generated), (5, Prompt)]
+        .map(|(len, kind)| TokenRun { len, kind });
+    let n: usize = runs.iter().map(|r| r.len).sum();
+    for dtype in [DType::F16, DType::BF16, DType::F32, DType::Q8_0] {
+        let (rows, cols) = (40, 96);
+        let mats: Vec<QMatrix> = (0..2)
+            .map(|_| {
+                let bytes: Vec<u8> = match dtype {
+                    DType::Q8_0 => {
+                        let w = gauss(&mut rng, rows * cols, 0.1);
+                        w.chunks(cols).flat_map(|r| crate::quant::quantize_row(DType::Q8_0, r)).collect()
+                    }
+                    _ => (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect(),
+                };
+                QMatrix::new(dtype, rows, cols, crate::Bytes::from_vec(bytes)).unwrap().prepared_for_matmul()
+            })
+            .collect();
+        let ws: Vec<&QMatrix> = mats.iter().collect();
+        let x = gauss(&mut rng, n * cols, 1.0);
+        let (mut a, mut b) = (vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]);
+        super::matmul_many_runs(&pool, &ws, &x, &runs, &mut [&mut a, &mut b]);
+        let mut t = 0;
+        for run in &runs {
+            for tok in t..t + run.len {
+                let (mut ea, mut eb) = (vec![0f32; rows], vec![0f32; rows]);
+                let xt = &x[tok * cols..(tok + 1) * cols];
+                super::matmul_many_as(&pool, &ws, xt, 1, &mut [&mut ea, &mut eb], run.kind);
+                assert_eq!(&a[tok * rows..(tok + 1) * rows], &ea[..], "{} token {tok}", dtype.name());
+                assert_eq!(&b[tok * rows..(tok + 1) * rows], &eb[..], "{} token {tok}", dtype.name());
+            }
+            t += run.len;
+        }
+        let two_kernels = matches!(dtype, DType::F16 | DType::BF16) && amx::mode() == amx::Mode::Prompts;
+        let (mut pa, mut pb) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+        super::matmul_many(&pool, &ws, &x, n, &mut [&mut pa, &mut pb]);
+        assert_eq!(a == pa && b == pb, !two_kernels, "{}: kinds share kernels exactly when not on AMX", dtype.name());
     }
 }
