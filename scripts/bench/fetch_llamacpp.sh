@@ -17,7 +17,8 @@
 # -DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release, Web UI off (no network at build time),
 # `cmake --build --target llama-bench llama-batched-bench llama-server -j$JOBS`.
 #
-# Settings (environment): JOBS=2, CACHE_DIR=~/.cache/ferrollm/llama.cpp, SDIST=, PY=python3.
+# Settings (environment): JOBS=2, CACHE_DIR=~/.cache/ferrollm/llama.cpp, SDIST=, PY=python3,
+# ISA= (see below).
 set -euo pipefail
 
 LCP_VERSION=0.3.36
@@ -36,9 +37,20 @@ PY=${PY:-python3}
 # flags win over the features -march=native implies, whatever their order on the command line.
 # --repack 0 at run time would also avoid it, but it turns off llama.cpp's AVX2/AVX-512 repacked
 # kernels too, which is not llama.cpp at its best.
+#
+# ISA=avx2 instead builds for AVX2 + FMA + F16C only (what an AMD Zen 3 has: no AVX-512, no
+# AVX-VNNI, no AMX) on a CPU that has more, into a directory of its own (`<commit>-avx2`): with
+# ferrollm's `FERROLLM_NO_AVX512=1 FERROLLM_NO_VNNI=1` it compares the two engines' AVX2 code
+# on one machine (`kernels_compare.py --avx2-only`).
 EXTRA_FLAGS=""
 BUILD_TAG=$LLAMA_COMMIT
-if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+if [[ ${ISA:-} == avx2 ]]; then
+    EXTRA_FLAGS="-mno-avx512f -mno-avxvnni -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    BUILD_TAG=$LLAMA_COMMIT-avx2
+elif [[ -n ${ISA:-} ]]; then
+    echo "fetch_llamacpp: ISA=$ISA: only ISA=avx2 is known" >&2
+    exit 1
+elif grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
     EXTRA_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     BUILD_TAG=$LLAMA_COMMIT-noamx
 fi

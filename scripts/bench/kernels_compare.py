@@ -33,6 +33,10 @@ every projection per prompt token) and its share of the f32 FMA peak, the ceilin
 weights. --no-bandwidth skips both probes.
 
 Peak RSS: wait4's ru_maxrss for the benchmark processes; VmHWM for the servers.
+AVX2 only: --avx2-only compares the two engines' AVX2 + FMA + F16C code (an AMD Zen 3's ISA, which
+issue 6's targets were set on) on a CPU that has AVX-512, VNNI or AMX: ours with
+FERROLLM_NO_AVX512=1 FERROLLM_NO_VNNI=1, llama.cpp built by `ISA=avx2 scripts/bench/fetch_llamacpp.sh`.
+The caches and cores are still this machine's, so it approximates a Zen 3, no more.
 Threads: --threads for everything (ferrollm --threads; llama.cpp -t and -tb).
 KV cache: f16 on both (ferrollm's default; llama.cpp -ctk f16 -ctv f16).
 Flash attention (llama.cpp only): --llama-flash-attn, default `auto`, llama.cpp's own default,
@@ -119,6 +123,10 @@ def build_parser():
     ap.add_argument("--ferrollm-args", default="", help="extra engine flags for every ferrollm run")
     ap.add_argument("--llama-bin", default=None,
                     help=f"directory with llama-bench etc. (default: newest {LLAMA_CACHE}/*/bin)")
+    ap.add_argument("--avx2-only", action="store_true",
+                    help="both engines on AVX2 + FMA + F16C only (an AMD Zen 3's ISA) on a CPU with more: "
+                         "ours with FERROLLM_NO_AVX512=1 FERROLLM_NO_VNNI=1 (which also keeps AMX off), "
+                         "llama.cpp from `ISA=avx2 scripts/bench/fetch_llamacpp.sh` (<commit>-avx2)")
     ap.add_argument("--llama-server-args", default="-cram 0",
                     help="extra flags for llama-server (default: -cram 0, its host prompt cache off: random "
                          "prompts never hit it, and saving every finished slot costs time and RSS)")
@@ -145,7 +153,9 @@ def parse_args(argv):
             sys.exit(f"unknown workload {w}; choose from {', '.join(WORKLOADS)}")
     args.batch_sizes = [int(x) for x in split_list(args.batch_sizes)]
     args.server_np = [int(x) for x in split_list(args.server_np)]
-    args.llama_bin = args.llama_bin or find_llama_bin()
+    args.llama_bin = args.llama_bin or find_llama_bin(args.avx2_only)
+    global AVX2_ONLY
+    AVX2_ONLY = args.avx2_only
     return args
 
 
@@ -159,9 +169,11 @@ def resolve_model(m):
     return os.path.basename(m), m
 
 
-def find_llama_bin():
+def find_llama_bin(avx2_only):
+    """The newest build: of the AVX2-only ones (`<commit>-avx2`) with --avx2-only, else of the others."""
     dirs = [d for d in glob.glob(os.path.join(LLAMA_CACHE, "*", "bin"))
-            if os.access(os.path.join(d, "llama-bench"), os.X_OK)]
+            if os.access(os.path.join(d, "llama-bench"), os.X_OK)
+            and os.path.basename(os.path.dirname(d)).endswith("-avx2") == avx2_only]
     return max(dirs, key=os.path.getmtime) if dirs else None
 
 
@@ -363,8 +375,15 @@ class Server:
 # --------------------------------------------------------------------------------------------
 
 
+# Set from --avx2-only: our runs keep to the AVX2 kernels.
+AVX2_ONLY = False
+
+
 def ours_env():
-    return dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+    env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+    if AVX2_ONLY:
+        env.update(FERROLLM_NO_AVX512="1", FERROLLM_NO_VNNI="1")
+    return env
 
 
 def ours_cmd(args, sub, model, json_path, extra):
@@ -721,6 +740,8 @@ def print_header(args):
     built = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(args.ferrollm)))
     print(f"ferrollm: {args.ferrollm} (built {built}; this script's tree {rev.stdout.strip() or 'unknown'})")
     print(f"llama.cpp: {args.llama_bin} ({llama})")
+    if args.avx2_only:
+        print("AVX2 only: ferrollm with FERROLLM_NO_AVX512=1 FERROLLM_NO_VNNI=1, llama.cpp built for AVX2+FMA+F16C")
     print(f"threads {args.threads} · reps {args.reps} (batched, offline: {args.heavy_reps}) · iters {args.iters} "
           f"(batched: {args.batched_iters}) · KV f16 both · llama.cpp flash-attn "
           f"{args.llama_flash_attn} · workloads {','.join(args.workloads)}")
