@@ -453,16 +453,19 @@ fn run_x8<B: Interleaved>(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usiz
     pool.run(tasks.len(), |task| {
         let (m, g0, g1) = tasks[task];
         let (weights, rows, out) = (ws[m].bytes(), ws[m].rows, &outs[m]);
-        let mut tile = [[0f32; x8::ROWS]; TILE];
+        let mut tile = [[0f32; x8::ROWS]; x8::MAX_TOKENS_PER_CALL];
         let mut pair = [[0f32; 2 * x8::ROWS]; TILE];
+        // Pair calls take up to TILE tokens; single groups what their kernel takes.
+        let per_call = if step == 2 { TILE } else { B::tokens_per_call() };
         let group = |g: usize| -> &[B] { super::common::as_blocks(&weights[g * group_bytes..][..group_bytes]) };
         for tb in (0..n).step_by(token_block) {
             let tb_end = (tb + token_block).min(n);
             for g in (g0..g1).step_by(step) {
                 let width = if g + 1 < g1 { step } else { 1 };
-                for t in (tb..tb_end).step_by(TILE) {
-                    let k = (tb_end - t).min(TILE);
-                    let a: [&[B::Act]; TILE] = std::array::from_fn(|j| &acts[(t + j.min(k - 1)) * apr..][..apr]);
+                for t in (tb..tb_end).step_by(per_call) {
+                    let k = (tb_end - t).min(per_call);
+                    let a: [&[B::Act]; x8::MAX_TOKENS_PER_CALL] =
+                        std::array::from_fn(|j| &acts[(t + j.min(k - 1)) * apr..][..apr]);
                     let first = t * rows + g * x8::ROWS;
                     // SAFETY (both): this task alone computes groups g0..g1 (rows 8·g0..8·g1) of
                     // matrix m for every token, and the call covers groups g..g + width.

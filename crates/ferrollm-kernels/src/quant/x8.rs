@@ -24,6 +24,8 @@ use crate::DType;
 
 /// Rows per interleaved group.
 pub const ROWS: usize = 8;
+/// Most tokens any [`Interleaved::dot_group`] takes in one call.
+pub const MAX_TOKENS_PER_CALL: usize = 6;
 
 /// One column position (32 weights) of eight rows.
 ///
@@ -112,6 +114,11 @@ pub trait Interleaved: Block {
     /// `out[t][r]` = row `r` of the group · `acts[t]`, for the group's blocks (one per column
     /// position) and 1 to 4 tokens; bit-identical however many tokens come at once.
     fn dot_group(blocks: &[Self], acts: &[&[Self::Act]], out: &mut [[f32; ROWS]]);
+    /// Most tokens one [`Interleaved::dot_group`] call takes when no pair kernel runs: 4, or up
+    /// to [`MAX_TOKENS_PER_CALL`] where the kernel runs them in threes.
+    fn tokens_per_call() -> usize {
+        4
+    }
     /// Row `r` (0..8) of the group, dequantized into `out` (32 per block).
     fn dequantize_row(blocks: &[Self], r: usize, out: &mut [f32]);
     /// Whether [`Interleaved::dot_group_pair`] has a kernel of its own on this CPU (one that

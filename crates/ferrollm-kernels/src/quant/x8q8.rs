@@ -97,6 +97,16 @@ impl Interleaved for X8Q8_0 {
         }
     }
 
+    fn tokens_per_call() -> usize {
+        // The plain AVX2 kernel runs tokens in threes (see `x8q8_kernel!`).
+        let plain_avx2 = has_avx2() && !super::common::has_avxvnni() && !super::common::has_avx512vnni();
+        if plain_avx2 {
+            6
+        } else {
+            4
+        }
+    }
+
     fn has_pair_kernel() -> bool {
         super::common::has_avx512vnni()
     }
@@ -178,6 +188,14 @@ macro_rules! x8q8_kernel {
             /// The CPU must support the features this module is compiled for.
             #[target_feature(enable = $features)]
             pub unsafe fn dot_group(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
+                if $pairs && acts.len() > 4 {
+                    // Threes (the driver passes up to six, `tokens_per_call`).
+                    let (a, b) = acts.split_at(3);
+                    let (oa, ob) = out.split_at_mut(3);
+                    dot_group_by_tokens!(dot_blocks; blocks, a, oa);
+                    dot_group_by_tokens!(dot_blocks; blocks, b, ob);
+                    return;
+                }
                 if $pairs && acts.len() == 4 {
                     // Two tokens at a time: with four, LLVM hoists every step's weights and
                     // their absolute values ahead and spills the accumulators; two ran the
@@ -249,11 +267,11 @@ mod tests {
             let src: &[BlockQ8_0] = as_blocks(&bytes);
             let packed = interleave(&bytes, rows);
             let x8: &[X8Q8_0] = as_blocks(&packed);
-            let xs: Vec<Vec<BlockQ8A>> = super::super::x8::tests::random_acts(&mut rng, 4, per_row);
+            let xs: Vec<Vec<BlockQ8A>> = super::super::x8::tests::random_acts(&mut rng, 6, per_row);
             let acts: Vec<&[BlockQ8A]> = xs.iter().map(|a| a.as_slice()).collect();
             for g in 0..rows / ROWS {
                 let group = &x8[g * per_row..(g + 1) * per_row];
-                let mut want = [[0f32; ROWS]; 4];
+                let mut want = [[0f32; ROWS]; 6];
                 dot_group_scalar(group, &acts, &mut want);
                 for r in 0..ROWS {
                     let row = &src[(g * ROWS + r) * per_row..(g * ROWS + r + 1) * per_row];
@@ -262,7 +280,7 @@ mod tests {
                         assert_eq!((q, d), (blk.qs, f16_to_f32(blk.d)));
                     }
                     let mut reference = [0f32; 4];
-                    super::super::q8_0::dot_scalar(row, &acts, &mut reference);
+                    super::super::q8_0::dot_scalar(row, &acts[..4], &mut reference);
                     for t in 0..4 {
                         let tol = 1e-4 * (1.0 + reference[t].abs());
                         assert!((want[t][r] - reference[t]).abs() <= tol, "{} vs {}", want[t][r], reference[t]);
@@ -284,19 +302,23 @@ mod tests {
                         }
                     }
                 }
-                for k in 1..=4 {
-                    let mut got = [[0f32; ROWS]; 4];
-                    X8Q8_0::dot_group(group, &acts[..k], &mut got);
-                    assert_eq!(got[..k], want[..k], "{k} tokens: fast path is not bit-identical to the scalar one");
+                for k in 1..=6 {
+                    // Up to what the driver passes here (six on plain AVX2, in threes).
+                    if k <= X8Q8_0::tokens_per_call() {
+                        let mut got = [[0f32; ROWS]; 6];
+                        X8Q8_0::dot_group(group, &acts[..k], &mut got);
+                        assert_eq!(got[..k], want[..k], "{k} tokens: fast path is not bit-identical to the scalar one");
+                    }
                     #[cfg(target_arch = "x86_64")]
                     {
                         type Kernel = unsafe fn(&[X8Q8_0], &[&[BlockQ8A]], &mut [[f32; ROWS]]);
+                        // The AVX2 kernel takes up to six tokens, the AVX-VNNI one four.
                         let kernels: [(&str, bool, Kernel); 2] = [
                             ("AVX2", has_avx2(), avx2::dot_group),
-                            ("AVX-VNNI", super::super::common::has_avxvnni(), vnni::dot_group),
+                            ("AVX-VNNI", k <= 4 && super::super::common::has_avxvnni(), vnni::dot_group),
                         ];
                         for (isa, _, kernel) in kernels.into_iter().filter(|k| k.1) {
-                            let mut got = [[0f32; ROWS]; 4];
+                            let mut got = [[0f32; ROWS]; 6];
                             // SAFETY: only kernels whose features this CPU has are run.
                             unsafe { kernel(group, &acts[..k], &mut got) };
                             assert_eq!(got[..k], want[..k], "{k} tokens: the {isa} kernel differs from the scalar one");
