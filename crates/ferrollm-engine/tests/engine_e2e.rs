@@ -39,10 +39,11 @@ fn batching_chunking_and_preemption_do_not_change_greedy_outputs() {
     check_outputs_survive_batching_chunking_and_preemption(common::smollm2(), PROMPTS, params);
 }
 
-/// The same for float weights (the tiny f16 fixture), log-probabilities to the bit. On a CPU with AMX its prompt tokens take
-/// the tile kernels and generated ones the vector kernels, which round differently: a token's
-/// kind, not its chunk or batch, must pick them, recomputation after preemption included. The
-/// prompts are long enough (40-odd tokens) to be more than one tile of tokens.
+/// The same for float weights (the tiny f16 fixture), log-probabilities to the bit. On a CPU
+/// with AMX its prompt tokens take the tile kernels and generated ones the vector kernels,
+/// which round differently: a token's kind, not its chunk or batch, must pick them,
+/// recomputation after preemption included. The prompts are long enough (40-odd tokens) to be
+/// more than one tile of tokens.
 #[test]
 fn float_weights_keep_outputs_under_batching_chunking_and_preemption() {
     let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf/tiny-llama-f16");

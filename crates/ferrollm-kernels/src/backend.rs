@@ -17,9 +17,9 @@ pub trait Backend: Send + Sync {
             self.matmul(w, x, n, out);
         }
     }
-    /// [`Self::matmul_many`] over a batch whose tokens come in `runs` of one kind
-    /// each ([`crate::TokenKind`]), in order: a backend may compute prompt and generated tokens with different kernels
-    /// (never differently by batch). The default treats them alike.
+    /// [`Self::matmul_many`] over a batch whose tokens come in `runs` of one kind each
+    /// ([`crate::TokenKind`]), in order: a backend may compute prompt and generated tokens with
+    /// different kernels (never differently by batch). The default treats them alike.
     fn matmul_many_runs(&self, ws: &[&QMatrix], x: &[f32], runs: &[TokenRun], outs: &mut [&mut [f32]]) {
         let n = runs.iter().map(|r| r.len).sum();
         self.matmul_many(ws, x, n, outs)

@@ -39,33 +39,24 @@ pub fn matmul_many(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs
 
 /// [`matmul_many`] for a batch whose tokens come in `runs` of one kind each, in order, covering
 /// every row of `x`: one call for the whole batch where the kinds take the same kernels (always,
-/// but for F16/BF16 on AMX), else one per run, each run's rows being contiguous in `x` and in
-/// every output.
+/// but for F16/BF16 on AMX), else one per run (so callers merge neighbouring runs of a kind),
+/// each run's rows being contiguous in `x` and in every output.
 pub fn matmul_many_runs(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], runs: &[TokenRun], outs: &mut [&mut [f32]]) {
     let n: usize = runs.iter().map(|r| r.len).sum();
-    let differ = |w: &&QMatrix| {
-        matches!(w.dtype, DType::F16 | DType::BF16)
-            && amx::enabled_for(TokenKind::Prompt) != amx::enabled_for(TokenKind::Generated)
-    };
-    if !ws.iter().any(differ) || runs.len() < 2 {
+    let float = ws.iter().any(|w| matches!(w.dtype, DType::F16 | DType::BF16));
+    let kinds_differ = float && amx::enabled_for(TokenKind::Prompt) != amx::enabled_for(TokenKind::Generated);
+    if !kinds_differ || runs.len() < 2 {
         let kind = runs.first().map_or(TokenKind::Generated, |r| r.kind);
         return matmul_many_as(pool, ws, x, n, outs, kind);
     }
-    let cols = ws.first().map_or(0, |w| w.cols);
+    let cols = ws[0].cols;
     assert_eq!(x.len(), n * cols, "matmul input shape");
     let mut t0 = 0;
-    let mut i = 0;
-    while i < runs.len() {
-        // Adjacent runs of one kind go together.
-        let kind = runs[i].kind;
-        let mut t1 = t0;
-        while i < runs.len() && runs[i].kind == kind {
-            t1 += runs[i].len;
-            i += 1;
-        }
+    for run in runs {
+        let t1 = t0 + run.len;
         let mut parts: Vec<&mut [f32]> =
             outs.iter_mut().zip(ws).map(|(o, w)| &mut o[t0 * w.rows..t1 * w.rows]).collect();
-        matmul_many_as(pool, ws, &x[t0 * cols..t1 * cols], t1 - t0, &mut parts, kind);
+        matmul_many_as(pool, ws, &x[t0 * cols..t1 * cols], run.len, &mut parts, run.kind);
         t0 = t1;
     }
 }
