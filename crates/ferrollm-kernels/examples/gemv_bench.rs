@@ -290,20 +290,23 @@ fn main() {
                 let xs: Vec<Vec<f32>> = (0..4).map(|_| (0..cols).map(|_| rng.f32()).collect()).collect();
                 let acts: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
                 let mut out = [0f32; 48];
-                let t = min_time(2000, || {
-                    let mut outs: Vec<&mut [f32]> = out.chunks_mut(12).collect();
-                    quant::float::dot_rows(kind, &bytes, rb, &acts, &mut outs)
-                });
+                let t = min_time(200, || {
+                    for _ in 0..100 {
+                        let mut outs: Vec<&mut [f32]> = out.chunks_mut(12).collect();
+                        quant::float::dot_rows(kind, &bytes, rb, &acts, &mut outs)
+                    }
+                }) / 100.0;
                 println!("{kind:?} cols {cols}: {:.1} GFLOP/s", 2.0 * (12 * 4 * cols) as f64 / t / 1e9);
             }
         }
     }
 
     if section("panel") {
-        // The AVX-512 prefill kernel alone, as the matmul calls it: one sub-block of
-        // PANEL_ROWS rows widened once, then 8 packed tokens per call (all in L1 for 8 tokens;
-        // the activations in L2 for more).
+        // The prefill panel kernel alone, as the matmul calls it: one sub-block of PANEL_ROWS
+        // rows widened once, then `panel_tokens()` packed tokens per call (all in L1 for one
+        // group; the activations in L2 for more).
         let rows = quant::float::PANEL_ROWS;
+        let group = quant::float::panel_tokens();
         println!("\nFloat panel kernel, 1 thread, {rows} rows; fastest of many calls");
         for cols in [576usize, 1536] {
             let kind = quant::float::Float::F16;
@@ -313,7 +316,7 @@ fn main() {
                 .collect();
             let mut buf = Vec::new();
             let Some(panel) = quant::float::pack_panel(kind, &bytes, rb, &mut buf) else {
-                println!("no AVX-512 panel kernel here");
+                println!("no panel kernel here");
                 break;
             };
             // The kernel reads the packed panel where pack_panel put it (its alignment matters).
@@ -327,19 +330,16 @@ fn main() {
                 // Packed groups back to back from a 64-byte boundary, as the matmul lays them out.
                 let mut packed = vec![0f32; ntok * cols + 16];
                 let off = packed.as_ptr().align_offset(64).min(16);
-                for (g, xb) in x.chunks(8 * cols).enumerate() {
+                for (g, xb) in x.chunks(group * cols).enumerate() {
                     let acts: Vec<&[f32]> = xb.chunks(cols).collect();
-                    quant::float::pack_acts(&acts, &mut packed[off + g * 8 * cols..][..xb.len()]);
+                    quant::float::pack_acts(&acts, &mut packed[off + g * group * cols..][..xb.len()]);
                 }
                 let t = min_time(if ntok > 64 { 200 } else { 2000 }, || {
-                    for (g, ob) in out.chunks_mut(8 * rows).enumerate() {
-                        let acts: [&[f32]; 8] = std::array::from_fn(|j| &x[(8 * g + j) * cols..][..cols]);
-                        let mut outs: [&mut [f32]; 8] =
-                            [&mut [], &mut [], &mut [], &mut [], &mut [], &mut [], &mut [], &mut []];
-                        for (o, c) in outs.iter_mut().zip(ob.chunks_mut(rows)) {
-                            *o = c;
-                        }
-                        let pb = &packed[off + g * 8 * cols..][..8 * cols];
+                    for (g, ob) in out.chunks_mut(group * rows).enumerate() {
+                        let k = ob.len() / rows;
+                        let acts: Vec<&[f32]> = (0..k).map(|j| &x[(group * g + j) * cols..][..cols]).collect();
+                        let mut outs: Vec<&mut [f32]> = ob.chunks_mut(rows).collect();
+                        let pb = &packed[off + g * group * cols..][..k * cols];
                         quant::float::dot_panel(kind, panel, &bytes, rb, pb, &acts, &mut outs);
                     }
                 });
@@ -372,7 +372,13 @@ fn main() {
 
     if section("prefill") {
         println!("\nPrefill matmul, 1 and 2 threads; GFLOP/s (2·rows·cols·n per call), median");
-        let shapes = [("smol 576->1536", 576, 1536), ("smol 1536->576", 1536, 576), ("qwen 896->4864", 896, 4864)];
+        let shapes = [
+            ("smol 576->1536", 576, 1536),
+            ("smol 1536->576", 1536, 576),
+            ("smol 576->576", 576, 576),
+            ("smol 576->192", 576, 192),
+            ("qwen 896->4864", 896, 4864),
+        ];
         for &dtype in &dtypes {
             for (label, cols, rows) in shapes {
                 if cols % dtype.block_size() != 0 {

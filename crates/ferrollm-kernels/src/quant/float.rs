@@ -3,7 +3,8 @@
 //! Rows are read straight from the (possibly unaligned) file bytes, so values are decoded with
 //! unaligned loads rather than by casting the row to `&[f32]`.
 
-use super::common::{bf16_to_f32, f16_to_f32, has_avx2};
+use super::common::{bf16_to_f32, f16_to_f32, has_avx2, has_avx512f};
+use super::float_panel_avx2 as panel2;
 
 /// The element encodings handled here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +30,13 @@ impl Float {
             Float::BF16 => bf16_to_f32([row[2 * i], row[2 * i + 1]]),
         }
     }
+}
+
+/// `Σ w·act` over columns `main..` of `row`, the tail past the last multiple of 8 that every
+/// kernel adds to its lane sums in this one order.
+#[inline]
+pub(super) fn tail_dot(kind: Float, row: &[u8], act: &[f32], main: usize) -> f32 {
+    (main..act.len()).map(|i| kind.get(row, i) * act[i]).sum::<f32>()
 }
 
 pub fn dequantize_row(kind: Float, src: &[u8], out: &mut [f32]) {
@@ -77,32 +85,76 @@ pub fn dot_rows(kind: Float, bytes: &[u8], row_bytes: usize, acts: &[&[f32]], ou
     }
 }
 
+/// The prefill kernels over widened panels ([`pack_panel`], [`dot_panel`]) this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PanelKernel {
+    /// Row pairs in 512-bit registers (this module's `avx512`).
+    Avx512,
+    /// Outer-product tiles over permuted columns ([`panel2`]).
+    Avx2,
+}
+
+fn panel_kernel() -> Option<PanelKernel> {
+    if has_avx512f() {
+        Some(PanelKernel::Avx512)
+    } else if has_avx2() {
+        Some(PanelKernel::Avx2)
+    } else {
+        None
+    }
+}
+
+/// Tokens per [`dot_panel`] call on this CPU (0: no panel kernel here).
+pub fn panel_tokens() -> usize {
+    match panel_kernel() {
+        Some(PanelKernel::Avx512) => PANEL_TOKENS,
+        Some(PanelKernel::Avx2) => panel2::TOKENS,
+        None => 0,
+    }
+}
+
+/// Whether a matmul of `n` tokens should take the panel kernel: widening (and on AVX2
+/// transposing) each block of rows pays once enough tokens meet it. AVX2 from 48 tokens: at 16
+/// the packing made the SmolLM2 F16 layer matmuls 10% slower, at 64 several percent faster
+/// (gemv_bench model, prefill).
+pub fn panel_pays(n: usize) -> bool {
+    match panel_kernel() {
+        Some(PanelKernel::Avx512) => n > 4,
+        Some(PanelKernel::Avx2) => n >= 48,
+        None => false,
+    }
+}
+
 /// Widens `bytes` (rows of `row_bytes`) into the start of `panel` for [`dot_panel`], when this
-/// CPU has the AVX-512 kernel, and returns that part (`None`: no such kernel here). The buffer
+/// CPU has a panel kernel, and returns that part (`None`: no such kernel here). The buffer
 /// only grows, so a thread that keeps it writes into warm pages and never zero-fills them; the
-/// panel starts on a 64-byte boundary within it, so no 512-bit load splits a cache line (F16
-/// prefill matmuls +5-10%). Prefill meets each weight with dozens of tokens,
+/// panel starts on a 64-byte boundary within it, so no vector load splits a cache line (F16
+/// prefill matmuls +5-10% on AVX-512). Prefill meets each weight with dozens of tokens,
 /// so converting a block of rows once and reading f32 from then on leaves only FMAs in the
 /// kernel's loop; the widening is exact, so the sums are the same bits as [`dot_rows`]'.
 pub fn pack_panel<'a>(kind: Float, bytes: &[u8], row_bytes: usize, panel: &'a mut Vec<f32>) -> Option<&'a [f32]> {
+    let kernel = panel_kernel().filter(|_| row_bytes >= 8 * kind.bytes())?;
+    assert!(bytes.len().is_multiple_of(row_bytes));
+    let (rows, cols) = (bytes.len() / row_bytes, row_bytes / kind.bytes());
+    let len = match kernel {
+        PanelKernel::Avx512 => rows / 2 * 2 * (cols / 8 * 8),
+        PanelKernel::Avx2 => panel2::panel_len(rows, cols),
+    };
+    let skip = aligned_start(panel, len);
+    let panel = &mut panel[skip..skip + len];
     #[cfg(target_arch = "x86_64")]
-    if super::common::has_avx512f() && row_bytes >= 8 * kind.bytes() {
-        assert!(bytes.len().is_multiple_of(row_bytes));
-        let len = bytes.len() / row_bytes / 2 * 2 * (row_bytes / kind.bytes() / 8 * 8);
-        let skip = aligned_start(panel, len);
-        let panel = &mut panel[skip..skip + len];
-        // SAFETY: AVX-512 F, AVX2, FMA and F16C were detected.
-        unsafe {
-            match kind {
-                Float::F32 => avx512::pack::<0>(bytes, row_bytes, panel),
-                Float::F16 => avx512::pack::<1>(bytes, row_bytes, panel),
-                Float::BF16 => avx512::pack::<2>(bytes, row_bytes, panel),
-            }
+    // SAFETY: the kernel's features were detected (AVX-512 F implies the AVX2 set here).
+    unsafe {
+        match (kernel, kind) {
+            (PanelKernel::Avx512, Float::F32) => avx512::pack::<0>(bytes, row_bytes, panel),
+            (PanelKernel::Avx512, Float::F16) => avx512::pack::<1>(bytes, row_bytes, panel),
+            (PanelKernel::Avx512, Float::BF16) => avx512::pack::<2>(bytes, row_bytes, panel),
+            (PanelKernel::Avx2, Float::F32) => panel2::pack::<0>(bytes, row_bytes, panel),
+            (PanelKernel::Avx2, Float::F16) => panel2::pack::<1>(bytes, row_bytes, panel),
+            (PanelKernel::Avx2, Float::BF16) => panel2::pack::<2>(bytes, row_bytes, panel),
         }
-        return Some(panel);
     }
-    let _ = (kind, bytes, row_bytes, panel);
-    None
+    Some(panel)
 }
 
 /// Grows `buf` (never shrinking it, so kept pages are not zero-filled again) to hold `len`
@@ -115,11 +167,15 @@ pub(crate) fn aligned_start(buf: &mut Vec<f32>, len: usize) -> usize {
     buf.as_ptr().align_offset(64).min(16)
 }
 
-/// Lays out the leading multiple of 8 columns of `acts` (1 to [`PANEL_TOKENS`] rows) for
-/// [`dot_panel`] in `out`: chunk-major, each 8-column chunk of every token side by side. The
-/// kernel then reads one sequential stream with one pointer (eight row pointers spilled to the
-/// stack, and eight streams split the prefetchers); the copy is exact.
+/// Lays out the leading multiple of 8 columns of `acts` (1 to [`panel_tokens`] rows) for
+/// [`dot_panel`] in `out`, as this CPU's panel kernel reads them; the copy is exact. AVX-512:
+/// chunk-major, each 8-column chunk of every token side by side, so the kernel reads one
+/// sequential stream with one pointer (eight row pointers spilled to the stack, and eight
+/// streams split the prefetchers). AVX2: see [`panel2`].
 pub fn pack_acts(acts: &[&[f32]], out: &mut [f32]) {
+    if panel_kernel() == Some(PanelKernel::Avx2) {
+        return panel2::pack_acts(acts, out);
+    }
     let main = acts.first().map_or(0, |a| a.len() / 8 * 8);
     assert!(acts.len() <= PANEL_TOKENS && acts.iter().all(|a| a.len() / 8 * 8 == main), "pack_acts shapes");
     assert_eq!(out.len(), acts.len() * main, "pack_acts output");
@@ -136,8 +192,9 @@ pub fn pack_acts(acts: &[&[f32]], out: &mut [f32]) {
 /// row kernel's 12 (L1-sized) rows, and 24 or 36 rows were 2-4% slower than 48 (gemv_bench model).
 pub const PANEL_ROWS: usize = 48;
 
-/// The most tokens one [`dot_panel`] call takes: with 32 vector registers a tile of 3 row
-/// pairs × 8 tokens keeps 24 accumulators, so each widened weight meets twice the tokens.
+/// The most tokens one [`dot_panel`] call takes on any CPU (AVX-512: with 32 vector registers
+/// a tile of 3 row pairs × 8 tokens keeps 24 accumulators, so each widened weight meets twice
+/// the tokens).
 pub const PANEL_TOKENS: usize = 8;
 
 /// [`dot_rows`] for rows that [`pack_panel`] has widened into `panel`, against `acts` that
@@ -158,22 +215,26 @@ pub fn dot_panel(
     for (a, o) in acts.iter().zip(outs.iter()) {
         assert!(a.len() == cols && o.len() == rows, "dot_panel shapes");
     }
-    assert_eq!(panel.len(), rows / 2 * 2 * (cols / 8 * 8), "panel of other rows");
+    assert!(acts.len() <= panel_tokens(), "{} tokens for the panel kernel", acts.len());
     assert_eq!(packed.len(), acts.len() * (cols / 8 * 8), "packed activations of other tokens");
+    let kernel = panel_kernel().expect("dot_panel without a panel kernel (pack_panel said no)");
+    let len = match kernel {
+        PanelKernel::Avx512 => rows / 2 * 2 * (cols / 8 * 8),
+        PanelKernel::Avx2 => panel2::panel_len(rows, cols),
+    };
+    assert_eq!(panel.len(), len, "panel of other rows");
     #[cfg(target_arch = "x86_64")]
-    {
-        assert!(super::common::has_avx512f(), "dot_panel without AVX-512 (pack_panel said no)");
-        // SAFETY: AVX-512 F, AVX2, FMA and F16C were detected; the shapes were checked above.
-        unsafe {
-            match kind {
-                Float::F32 => avx512::dot_panel::<0>(panel, bytes, row_bytes, packed, acts, outs),
-                Float::F16 => avx512::dot_panel::<1>(panel, bytes, row_bytes, packed, acts, outs),
-                Float::BF16 => avx512::dot_panel::<2>(panel, bytes, row_bytes, packed, acts, outs),
-            }
+    // SAFETY: the kernel's features were detected; the shapes were checked above.
+    unsafe {
+        match (kernel, kind) {
+            (PanelKernel::Avx512, Float::F32) => avx512::dot_panel::<0>(panel, bytes, row_bytes, packed, acts, outs),
+            (PanelKernel::Avx512, Float::F16) => avx512::dot_panel::<1>(panel, bytes, row_bytes, packed, acts, outs),
+            (PanelKernel::Avx512, Float::BF16) => avx512::dot_panel::<2>(panel, bytes, row_bytes, packed, acts, outs),
+            (PanelKernel::Avx2, Float::F32) => panel2::dot_panel::<0>(panel, bytes, row_bytes, packed, acts, outs),
+            (PanelKernel::Avx2, Float::F16) => panel2::dot_panel::<1>(panel, bytes, row_bytes, packed, acts, outs),
+            (PanelKernel::Avx2, Float::BF16) => panel2::dot_panel::<2>(panel, bytes, row_bytes, packed, acts, outs),
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    panic!("dot_panel without AVX-512 (pack_panel said no)");
 }
 
 /// `out[t] = Σ w·acts[t]` for up to 4 activation rows, with the fastest available code.
@@ -187,7 +248,7 @@ pub fn dot(kind: Float, row: &[u8], acts: &[&[f32]], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use super::super::x86::hsum4_ps;
     use super::*;
     use std::arch::x86_64::*;
@@ -249,7 +310,7 @@ mod avx2 {
     /// `p` must point at 8 readable elements of the kind (32 bytes for f32, 16 otherwise).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn load8<const K: usize>(p: *const u8) -> __m256 {
+    pub(in crate::quant) unsafe fn load8<const K: usize>(p: *const u8) -> __m256 {
         // SAFETY: the caller's promise; unaligned loads.
         unsafe {
             match KINDS[K] {
@@ -311,7 +372,7 @@ mod avx2 {
             if main < cols {
                 for (r, s) in sums[..R].iter_mut().enumerate() {
                     let row = &rows[r * rb..(r + 1) * rb];
-                    *s += (main..cols).map(|i| kind.get(row, i) * acts[t][i]).sum::<f32>();
+                    *s += tail_dot(kind, row, acts[t], main);
                 }
             }
             outs[t][r0..r0 + R].copy_from_slice(&sums[..R]);
@@ -550,7 +611,7 @@ mod avx512 {
             for (a, o) in acts.iter().zip(outs.iter_mut()) {
                 for (r, s) in o[r0..r0 + 2 * P].iter_mut().enumerate() {
                     let row = &bytes[(r0 + r) * row_bytes..][..row_bytes];
-                    *s += (main..cols).map(|i| kind.get(row, i) * a[i]).sum::<f32>();
+                    *s += tail_dot(kind, row, a, main);
                 }
             }
         }

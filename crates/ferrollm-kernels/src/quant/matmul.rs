@@ -143,7 +143,8 @@ where
     let apr = cols / A::ELEMS; // activation blocks per token
     let acts = quantize_acts::<A>(pool, x, n, cols, apr);
 
-    let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 4);
+    // Runs of 16 rows: the AVX2 panel kernel's tiles.
+    let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 16);
     let rb = ws[0].row_bytes();
     // Few tokens: one kernel call per task. Many: L1-sized row sub-blocks that all tokens visit.
     let sub = if n <= TILE { chunk } else { sub_block_rows(rb, chunk) };
@@ -182,10 +183,12 @@ where
 /// token's outputs in place rather than through a row-major scratch tile.
 fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]], kind: Float) {
     let cols = ws[0].cols;
-    let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 4);
-    let rb = ws[0].row_bytes();
     let main = cols / 8 * 8;
-    let panel_path = n > TILE && main > 0 && super::common::has_avx512f();
+    let panel_tokens = float::panel_tokens();
+    let panel_path = n > TILE && main > 0 && float::panel_pays(n);
+    // The panel path splits rows in runs of 16, the AVX2 panel kernel's tiles.
+    let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), if panel_path { 16 } else { 4 });
+    let rb = ws[0].row_bytes();
     let sub = match (n <= TILE, panel_path) {
         (true, _) => chunk,
         (false, true) => float::PANEL_ROWS.min(chunk),
@@ -196,9 +199,12 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
     // faster than one (gemv_bench prefill, F16), and F16 prefill 2.7% faster than four; sixteen
     // (a 512-token prefill widens each weight once) about 1-2% faster than eight.
     let panel_blocks = if panel_path { 16 } else { 1 };
-    let token_block = token_block(cols * std::mem::size_of::<f32>()) * panel_blocks;
+    let mut token_block = token_block(cols * std::mem::size_of::<f32>()) * panel_blocks;
+    if panel_path {
+        token_block -= token_block % panel_tokens;
+    }
     // On the panel path each token block starts a group of packed activations.
-    assert!(!panel_path || token_block.is_multiple_of(float::PANEL_TOKENS), "token blocks of whole groups");
+    assert!(!panel_path || token_block.is_multiple_of(panel_tokens), "token blocks of whole groups");
     let packed_acts = panel_path.then(|| pack_float_acts(pool, x, n, cols));
     let packed = packed_acts.as_deref().unwrap_or(&[]);
     let outs: Vec<DisjointSlice<f32>> = outs.iter_mut().map(|o| DisjointSlice::new(o)).collect();
@@ -212,8 +218,11 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
                     let s1 = (s0 + sub).min(r1);
                     let bytes = &weights[s0 * rb..s1 * rb];
                     // Prefill widens the sub-block once for the token block (AVX-512).
-                    let panel_rows = if tb_end - tb > TILE { float::pack_panel(kind, bytes, rb, panel) } else { None };
-                    let tile = if panel_rows.is_some() { float::PANEL_TOKENS } else { TILE };
+                    let panel_rows = match panel_path && float::panel_pays(tb_end - tb) {
+                        true => float::pack_panel(kind, bytes, rb, panel),
+                        false => None,
+                    };
+                    let tile = if panel_rows.is_some() { panel_tokens } else { TILE };
                     for t in (tb..tb_end).step_by(tile) {
                         let k = (tb_end - t).min(tile);
                         let a: [&[f32]; float::PANEL_TOKENS] =
@@ -226,7 +235,7 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
                             false => &mut [],
                         });
                         if let Some(panel) = panel_rows {
-                            // Token t starts a group of PANEL_TOKENS (token blocks are multiples).
+                            // Token t starts a group of `tile` (token blocks are multiples).
                             let acts = &packed[t * main..][..k * main];
                             float::dot_panel(kind, panel, bytes, rb, acts, &a[..k], &mut o[..k]);
                         } else {
@@ -368,10 +377,10 @@ fn pack_amx_acts(pool: &ThreadPool, x: &[f32], n: usize, cols: usize) -> Scratch
 }
 
 /// Every token's activations laid out for the panel kernel ([`float::pack_acts`]) in groups of
-/// [`float::PANEL_TOKENS`], the last group short, from a 64-byte boundary
+/// [`float::panel_tokens`], the last group short, from a 64-byte boundary
 /// ([`float::aligned_start`]); spread over the pool when large.
 fn pack_float_acts(pool: &ThreadPool, x: &[f32], n: usize, cols: usize) -> Scratch<f32> {
-    let (main, group) = (cols / 8 * 8, float::PANEL_TOKENS);
+    let (main, group) = (cols / 8 * 8, float::panel_tokens());
     let mut buf = Scratch::take(&PACKED_ACTS);
     buf.start = float::aligned_start(&mut buf.buf, n * main);
     buf.len = n * main;

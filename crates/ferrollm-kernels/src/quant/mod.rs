@@ -29,6 +29,7 @@ pub mod amx;
 pub mod block32;
 pub mod common;
 pub mod float;
+mod float_panel_avx2;
 pub mod kquant;
 mod matmul;
 pub mod q2_k;

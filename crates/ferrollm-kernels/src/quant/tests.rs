@@ -356,7 +356,8 @@ fn interleaved_matmul_matches_rows_and_is_batch_invariant() {
             assert_eq!(p.layout(), crate::qmatrix::Layout::Interleaved8, "{}", dtype.name());
             assert_eq!(p.bytes().len(), w.bytes().len(), "same bytes per row");
             assert_eq!(p.to_f32(), w.to_f32(), "{} dequantizes the same", dtype.name());
-            let n = 37;
+            // Enough tokens for the panel kernels (AVX2's from 48), and splits on both sides.
+            let n = 100;
             let x = gauss(&mut rng, n * cols, 1.0);
             let (mut rows_out, mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows], vec![0f32; n * rows]);
             w.matmul(&two, &x, n, &mut rows_out);
@@ -375,7 +376,7 @@ fn interleaved_matmul_matches_rows_and_is_batch_invariant() {
             // Any split of the batch gives the same bits per token.
             let mut split = vec![0f32; n * rows];
             let mut t = 0;
-            for k in [1usize, 4, 3, 5, 2, 22] {
+            for k in [1usize, 4, 3, 5, 2, 22, 63] {
                 p.matmul(&two, &x[t * cols..(t + k) * cols], k, &mut split[t * rows..(t + k) * rows]);
                 t += k;
             }
@@ -417,7 +418,8 @@ fn float_matmul_is_batch_invariant() {
         for (rows, cols) in [(1, 8), (7, 13), (29, 64), (50, 200), (110, 1000)] {
             let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
             let w = QMatrix::new(dtype, rows, cols, crate::Bytes::from_vec(bytes)).unwrap();
-            let n = 37;
+            // Enough tokens for the panel kernels (AVX2's from 48), and splits on both sides.
+            let n = 100;
             let x = gauss(&mut rng, n * cols, 1.0);
             let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
             w.matmul(&one, &x, n, &mut a);
@@ -425,7 +427,7 @@ fn float_matmul_is_batch_invariant() {
             assert_eq!(a, b, "{} {rows}x{cols}: thread count changed the result", dtype.name());
             let mut split = vec![0f32; n * rows];
             let mut t = 0;
-            for k in [1usize, 4, 3, 5, 2, 22] {
+            for k in [1usize, 4, 3, 5, 2, 22, 63] {
                 w.matmul(&two, &x[t * cols..(t + k) * cols], k, &mut split[t * rows..(t + k) * rows]);
                 t += k;
             }
@@ -495,9 +497,9 @@ fn float_panel_kernel_matches_the_row_kernel() {
             let Some(panel) = float::pack_panel(kind, &bytes, rb, &mut buf) else {
                 continue; // no AVX-512 here: the matmul never takes this path
             };
-            let x = gauss(&mut rng, float::PANEL_TOKENS * cols, 1.0);
+            let x = gauss(&mut rng, float::panel_tokens() * cols, 1.0);
             let acts: Vec<&[f32]> = x.chunks_exact(cols).collect();
-            for k in 1..=float::PANEL_TOKENS {
+            for k in 1..=float::panel_tokens() {
                 let (mut want, mut got) = (vec![vec![0f32; rows]; k], vec![vec![f32::NAN; rows]; k]);
                 let mut w: Vec<&mut [f32]> = want.iter_mut().map(|o| o.as_mut_slice()).collect();
                 // The row kernel takes at most 4 tokens a call.
@@ -508,6 +510,57 @@ fn float_panel_kernel_matches_the_row_kernel() {
                 let mut packed = vec![f32::NAN; k * (cols / 8 * 8)];
                 float::pack_acts(&acts[..k], &mut packed);
                 float::dot_panel(kind, panel, &bytes, rb, &packed, &acts[..k], &mut g);
+                assert_eq!(got, want, "{} {rows}x{cols}, {k} tokens", dtype.name());
+            }
+        }
+    }
+}
+
+/// The AVX2 panel kernel (outer-product tiles over permuted columns), called directly so that
+/// CPUs whose matmul takes the AVX-512 one test it too: the same bits as the row kernel for
+/// every token count, with leftover rows (not a multiple of 8), partial row groups and a
+/// column tail.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn float_avx2_panel_kernel_matches_the_row_kernel() {
+    use super::float_panel_avx2 as panel2;
+    if !super::common::has_avx2() {
+        return; // no AVX2 here: the matmul never takes this path
+    }
+    let mut rng = StdRng::seed_from_u64(13);
+    for (dtype, k_id) in [(DType::F32, 0), (DType::F16, 1), (DType::BF16, 2)] {
+        let kind = [Float::F32, Float::F16, Float::BF16][k_id];
+        for (rows, cols) in [(8, 8), (7, 13), (16, 64), (27, 200), (83, 1545)] {
+            let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
+            let rb = cols * kind.bytes();
+            let mut panel = vec![f32::NAN; panel2::panel_len(rows, cols)];
+            // SAFETY: AVX2, FMA and F16C were detected.
+            unsafe {
+                match k_id {
+                    0 => panel2::pack::<0>(&bytes, rb, &mut panel),
+                    1 => panel2::pack::<1>(&bytes, rb, &mut panel),
+                    _ => panel2::pack::<2>(&bytes, rb, &mut panel),
+                }
+            }
+            let x = gauss(&mut rng, panel2::TOKENS * cols, 1.0);
+            let acts: Vec<&[f32]> = x.chunks_exact(cols).collect();
+            for k in 1..=panel2::TOKENS {
+                let (mut want, mut got) = (vec![vec![0f32; rows]; k], vec![vec![f32::NAN; rows]; k]);
+                let mut w: Vec<&mut [f32]> = want.iter_mut().map(|o| o.as_mut_slice()).collect();
+                for (a, w) in acts[..k].chunks(4).zip(w.chunks_mut(4)) {
+                    float::dot_rows(kind, &bytes, rb, a, w);
+                }
+                let mut g: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+                let mut packed = vec![f32::NAN; k * (cols / 8 * 8)];
+                panel2::pack_acts(&acts[..k], &mut packed);
+                // SAFETY: AVX2, FMA and F16C were detected; the shapes match.
+                unsafe {
+                    match k_id {
+                        0 => panel2::dot_panel::<0>(&panel, &bytes, rb, &packed, &acts[..k], &mut g),
+                        1 => panel2::dot_panel::<1>(&panel, &bytes, rb, &packed, &acts[..k], &mut g),
+                        _ => panel2::dot_panel::<2>(&panel, &bytes, rb, &packed, &acts[..k], &mut g),
+                    }
+                }
                 assert_eq!(got, want, "{} {rows}x{cols}, {k} tokens", dtype.name());
             }
         }
