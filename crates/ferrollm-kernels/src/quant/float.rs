@@ -125,6 +125,20 @@ pub fn panel_pays(n: usize) -> bool {
     }
 }
 
+/// How many of the matmul's L2-sized token blocks one panel pass takes: each sub-block is
+/// widened once per pass. AVX-512: eight times the tokens (the activations then sit in L2
+/// rather than L1) made its prefill matmuls 10-30% faster than one (gemv_bench prefill, F16),
+/// and F16 prefill 2.7% faster than four; sixteen (a 512-token prefill widens each weight
+/// once) about 1-2% faster than eight. AVX2, whose widening also transposes: 32, so that
+/// 512 tokens of 1536 columns are one pass too (1536 → 576 and Qwen's 896 → 4864 2-5% faster
+/// than 16).
+pub fn panel_token_blocks() -> usize {
+    match panel_kernel() {
+        Some(PanelKernel::Avx2) => 32,
+        _ => 16,
+    }
+}
+
 /// Widens `bytes` (rows of `row_bytes`) into the start of `panel` for [`dot_panel`], when this
 /// CPU has a panel kernel, and returns that part (`None`: no such kernel here). The buffer
 /// only grows, so a thread that keeps it writes into warm pages and never zero-fills them; the

@@ -32,24 +32,22 @@ pub fn panel_len(rows: usize, cols: usize) -> usize {
     rows / 8 * 8 * (cols / 8 * 8)
 }
 
-/// The column at position `p` of the permuted order.
-#[inline]
-fn column(p: usize, seg: usize) -> usize {
-    p % seg * 8 + p / seg
-}
-
 /// Lays out `acts` (1 to [`TOKENS`] rows) for [`dot_panel`] in `out` (`acts.len() · main`
 /// floats); the copy is exact.
 pub fn pack_acts(acts: &[&[f32]], out: &mut [f32]) {
     let main = acts.first().map_or(0, |a| a.len() / 8 * 8);
     assert!(acts.len() <= TOKENS && acts.iter().all(|a| a.len() / 8 * 8 == main), "pack_acts shapes");
     assert_eq!(out.len(), acts.len() * main, "pack_acts output");
-    let (t, seg) = (acts.len(), main / 8);
-    // Written in order, read with a stride of 8 columns: the writes are the ones that miss.
-    for (p, o) in out.chunks_exact_mut(t).enumerate() {
-        let c = column(p, seg);
-        for (o, a) in o.iter_mut().zip(acts) {
-            *o = a[c];
+    let t = acts.len();
+    // Written in position order, read with a stride of 8 columns: the writes are the ones
+    // that would miss.
+    let mut positions = out.chunks_exact_mut(t.max(1));
+    for j in 0..8 {
+        for c in (j..main).step_by(8) {
+            let o = positions.next().expect("a position per column");
+            for (o, a) in o.iter_mut().zip(acts) {
+                *o = a[c];
+            }
         }
     }
 }

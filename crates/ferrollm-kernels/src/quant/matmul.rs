@@ -194,11 +194,9 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
         (false, true) => float::PANEL_ROWS.min(chunk),
         (false, false) => sub_block_rows(rb, chunk),
     };
-    // The AVX-512 path widens each sub-block once per token block: eight times the tokens per
-    // block (the activations then sit in L2 rather than L1) made its prefill matmuls 10-30%
-    // faster than one (gemv_bench prefill, F16), and F16 prefill 2.7% faster than four; sixteen
-    // (a 512-token prefill widens each weight once) about 1-2% faster than eight.
-    let panel_blocks = if panel_path { 16 } else { 1 };
+    // The panel path widens each sub-block once per token block, so it takes several blocks'
+    // tokens at once ([`float::panel_token_blocks`]).
+    let panel_blocks = if panel_path { float::panel_token_blocks() } else { 1 };
     let mut token_block = token_block(cols * std::mem::size_of::<f32>()) * panel_blocks;
     if panel_path {
         token_block -= token_block % panel_tokens;
