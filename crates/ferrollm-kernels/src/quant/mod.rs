@@ -8,7 +8,7 @@
 //!
 //! | weights | activations | kernel (AVX2 + FMA + F16C; scalar fallback everywhere) |
 //! | --- | --- | --- |
-//! | F32, F16, BF16 | f32 | [`float`]: decode 8 weights, FMA into each token |
+//! | F32, F16, BF16 | f32 | [`float`]: decode 8 weights, FMA into each token; prefill over widened panels (AVX-512 row pairs, AVX2 outer products over permuted columns) |
 //! | Q4_0, Q4_1, Q5_0, Q5_1 | [`act::BlockQ8A`] | [`block32`]: `maddubs` of unsigned quants; offsets via the block sum |
 //! | Q8_0 | [`act::BlockQ8A`] | [`q8_0`]: sign trick, `maddubs` |
 //! | Q2_K … Q6_K | [`act::BlockQ8K`] | one module each; sub-block scales in `madd`, mins/offsets via `bsums` |
