@@ -18,3 +18,4 @@ cargo build --release --workspace --bins
 cargo test --release --workspace
 FERROLLM_BIN="$PWD/target/release/ferrollm" "$venv/bin/python" -m pytest -q tests/python
 FERROLLM_BIN="$PWD/target/release/ferrollm" scripts/test-curl-examples.sh README.md
+scripts/test_aarch64.sh

@@ -78,6 +78,23 @@ pub fn has_avx2() -> bool {
     })
 }
 
+/// Whether the NEON kernels may run (aarch64, which always has NEON, unless
+/// `FERROLLM_NO_SIMD` is set, as for [`has_avx2`]).
+#[inline]
+pub fn has_neon() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "aarch64")]
+        {
+            std::env::var_os("FERROLLM_NO_SIMD").is_none() && std::arch::is_aarch64_feature_detected!("neon")
+        }
+        #[cfg(not(target_arch = "aarch64"))]
+        {
+            false
+        }
+    })
+}
+
 /// `has_avx2() && $env unset (or "0") && every feature detected`, checked once per call site:
 /// the higher kernel tiers, each with a switch that turns it off for comparisons.
 macro_rules! tier_detected {

@@ -54,6 +54,24 @@ pub fn dot_scalar(kind: Float, row: &[u8], acts: &[&[f32]], out: &mut [f32]) {
     }
 }
 
+/// `out[t] = Σ w·acts[t]` summed as the SIMD kernels sum it: eight fused multiply-add chains
+/// (lane `c % 8` over its columns in order) added in `hsum_ps`'s tree, then the columns past
+/// the last multiple of 8. Their scalar twin, bit for bit, on x86 and aarch64 alike.
+pub fn dot_lanes_scalar(kind: Float, row: &[u8], acts: &[&[f32]], out: &mut [f32]) {
+    for (a, o) in acts.iter().zip(out.iter_mut()) {
+        assert_eq!(row.len(), a.len() * kind.bytes());
+        let main = a.len() / 8 * 8;
+        let mut l = [0f32; 8];
+        for (c, &x) in a[..main].iter().enumerate() {
+            l[c % 8] = kind.get(row, c).mul_add(x, l[c % 8]);
+        }
+        *o = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+        if main < a.len() {
+            *o += tail_dot(kind, row, a, main);
+        }
+    }
+}
+
 /// `outs[t][r]` = row `r` of `bytes` (rows of `row_bytes`) · `acts[t]`, for the `k = acts.len()`
 /// (1 to 4) tokens, with the fastest available code. Outputs are token-major, as the matmul
 /// writes them, so a register tile stores its sums straight into place.
@@ -72,6 +90,18 @@ pub fn dot_rows(kind: Float, bytes: &[u8], row_bytes: usize, acts: &[&[f32]], ou
                 Float::F32 => avx2::dot_rows::<0>(bytes, row_bytes, acts, outs),
                 Float::F16 => avx2::dot_rows::<1>(bytes, row_bytes, acts, outs),
                 Float::BF16 => avx2::dot_rows::<2>(bytes, row_bytes, acts, outs),
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if super::common::has_neon() {
+        // SAFETY: NEON was detected; the shapes were checked above.
+        unsafe {
+            match kind {
+                Float::F32 => neon::dot_rows::<0>(bytes, row_bytes, acts, outs),
+                Float::F16 => neon::dot_rows::<1>(bytes, row_bytes, acts, outs),
+                Float::BF16 => neon::dot_rows::<2>(bytes, row_bytes, acts, outs),
             }
         }
         return;
@@ -390,6 +420,121 @@ pub(super) mod avx2 {
                 }
             }
             outs[t][r0..r0 + R].copy_from_slice(&sums[..R]);
+        }
+        R
+    }
+}
+
+/// The AVX2 row kernel on NEON: each output's eight lane chains are two 4-lane accumulators
+/// (columns `c % 8` below 4 in the first), summed in `hsum_ps`'s order, so every output has the
+/// same bits as on x86.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::super::arm::{hsum8, load_f16x8};
+    use super::*;
+    use std::arch::aarch64::*;
+
+    const KINDS: [Float; 3] = [Float::F32, Float::F16, Float::BF16];
+
+    /// `outs[t][r]` for every row in `bytes` and the 1 to 4 tokens of `acts`.
+    ///
+    /// # Safety
+    /// The CPU must support NEON; shapes as checked by the caller.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_rows<const K: usize>(bytes: &[u8], row_bytes: usize, acts: &[&[f32]], outs: &mut [&mut [f32]]) {
+        // 32 registers: 4 rows for one or two tokens, 2 rows for three or four (16 accumulators).
+        match acts.len() {
+            1 => tiles::<K, 4, 1>(bytes, row_bytes, acts, outs),
+            2 => tiles::<K, 4, 2>(bytes, row_bytes, acts, outs),
+            3 => tiles::<K, 2, 3>(bytes, row_bytes, acts, outs),
+            4 => tiles::<K, 2, 4>(bytes, row_bytes, acts, outs),
+            n => panic!("token tile of {n}"),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn tiles<const K: usize, const R: usize, const T: usize>(
+        bytes: &[u8],
+        row_bytes: usize,
+        acts: &[&[f32]],
+        outs: &mut [&mut [f32]],
+    ) {
+        let acts: &[&[f32]; T] = acts.try_into().expect("token tile width");
+        let cols = row_bytes / KINDS[K].bytes();
+        let rows = bytes.len() / row_bytes;
+        let mut r = 0;
+        while r < rows {
+            let rs = &bytes[r * row_bytes..];
+            r += match rows - r {
+                n if n >= R => tile::<K, R, T>(rs, cols, acts, outs, r),
+                _ => tile::<K, 1, T>(rs, cols, acts, outs, r),
+            };
+        }
+    }
+
+    /// Eight weights at `p` as two f32x4.
+    ///
+    /// # Safety
+    /// `p` must point at 8 readable elements of the kind.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load8<const K: usize>(p: *const u8) -> [float32x4_t; 2] {
+        // SAFETY: the caller's promise; byte loads have no alignment requirement.
+        unsafe {
+            match KINDS[K] {
+                Float::F32 => [vreinterpretq_f32_u8(vld1q_u8(p)), vreinterpretq_f32_u8(vld1q_u8(p.add(16)))],
+                Float::F16 => load_f16x8(p),
+                Float::BF16 => {
+                    let h = vreinterpretq_u16_u8(vld1q_u8(p));
+                    [
+                        vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(h))),
+                        vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_high_u16(h))),
+                    ]
+                }
+            }
+        }
+    }
+
+    /// `R` rows from the start of `rows` against `T` tokens, into `outs[t][r0..r0 + R]`.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn tile<const K: usize, const R: usize, const T: usize>(
+        rows: &[u8],
+        cols: usize,
+        acts: &[&[f32]; T],
+        outs: &mut [&mut [f32]],
+        r0: usize,
+    ) -> usize {
+        let kind = KINDS[K];
+        let (eb, rb) = (kind.bytes(), cols * kind.bytes());
+        assert!(rows.len() >= R * rb && acts.iter().all(|a| a.len() >= cols));
+        let w: [*const u8; R] = std::array::from_fn(|r| rows[r * rb..].as_ptr());
+        let x: [*const f32; T] = std::array::from_fn(|t| acts[t].as_ptr());
+        let zero = vdupq_n_f32(0.0);
+        let mut acc = [[[zero; 2]; T]; R];
+        let main = cols / 8 * 8;
+        for i in (0..main).step_by(8) {
+            // SAFETY: i + 8 <= main <= cols, and every row holds `cols` elements (asserted).
+            let wv: [[float32x4_t; 2]; R] = std::array::from_fn(|r| unsafe { load8::<K>(w[r].add(i * eb)) });
+            for t in 0..T {
+                // SAFETY: as above; each act row holds at least `cols` f32s (asserted).
+                let xv = unsafe { [vld1q_f32(x[t].add(i)), vld1q_f32(x[t].add(i + 4))] };
+                for r in 0..R {
+                    for h in 0..2 {
+                        acc[r][t][h] = vfmaq_f32(acc[r][t][h], wv[r][h], xv[h]);
+                    }
+                }
+            }
+        }
+        for t in 0..T {
+            for r in 0..R {
+                let mut s = hsum8(acc[r][t][0], acc[r][t][1]);
+                if main < cols {
+                    s += tail_dot(kind, &rows[r * rb..(r + 1) * rb], acts[t], main);
+                }
+                outs[t][r0 + r] = s;
+            }
         }
         R
     }

@@ -567,6 +567,70 @@ fn float_avx2_panel_kernel_matches_the_row_kernel() {
     }
 }
 
+/// The float row kernels (AVX2 on x86, NEON on aarch64) give the bits of their scalar twin,
+/// [`float::dot_lanes_scalar`], for every token count, with and without a column tail: so the
+/// two ISAs agree bit for bit. Where neither kernel exists `dot_rows` is the plain scalar sum,
+/// which this does not claim to match.
+#[test]
+fn float_row_kernels_match_their_scalar_twin_bit_for_bit() {
+    let simd = super::common::has_avx2() || super::common::has_neon();
+    let mut rng = StdRng::seed_from_u64(14);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let kind = [Float::F32, Float::F16, Float::BF16]
+            [[DType::F32, DType::F16, DType::BF16].iter().position(|&d| d == dtype).unwrap()];
+        for (rows, cols) in [(1, 8), (3, 7), (5, 13), (9, 64), (13, 200)] {
+            let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, dtype, cols)).collect();
+            let rb = cols * kind.bytes();
+            let x = gauss(&mut rng, 4 * cols, 1.0);
+            let acts: Vec<&[f32]> = x.chunks_exact(cols).collect();
+            for k in 1..=4 {
+                let mut got = vec![vec![f32::NAN; rows]; k];
+                let mut g: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+                float::dot_rows(kind, &bytes, rb, &acts[..k], &mut g);
+                for (r, row) in bytes.chunks_exact(rb).enumerate() {
+                    let mut want = [0f32; 4];
+                    float::dot_lanes_scalar(kind, row, &acts[..k], &mut want[..k]);
+                    for t in 0..k {
+                        if simd {
+                            assert_eq!(
+                                got[t][r].to_bits(),
+                                want[t].to_bits(),
+                                "{} {rows}x{cols} row {r} token {t}/{k}",
+                                dtype.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// NEON's f16 widening (no FP16 extension) is exact for every half that is not a NaN.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_f16_widening_is_exact() {
+    for bits in 0..=u16::MAX {
+        let want = super::common::f16_to_f32(bits.to_le_bytes());
+        if want.is_nan() {
+            continue;
+        }
+        let mut eight = [0u8; 16];
+        for c in eight.chunks_exact_mut(2) {
+            c.copy_from_slice(&bits.to_le_bytes());
+        }
+        // SAFETY: NEON is part of aarch64; `eight` holds 16 bytes.
+        let v = unsafe { super::arm::load_f16x8(eight.as_ptr()) };
+        let mut got = [0f32; 8];
+        // SAFETY: `got` holds 8 floats.
+        unsafe {
+            std::arch::aarch64::vst1q_f32(got.as_mut_ptr(), v[0]);
+            std::arch::aarch64::vst1q_f32(got.as_mut_ptr().add(4), v[1]);
+        }
+        assert!(got.iter().all(|g| g.to_bits() == want.to_bits()), "f16 {bits:#06x}: {got:?} vs {want}");
+    }
+}
+
 /// The AMX split is exact for F16 weights (`hi + lo` is the weight) and for BF16 (`hi` is it),
 /// and the activation split keeps the value to within 2⁻¹⁷ of it.
 #[test]
