@@ -49,6 +49,8 @@ mod tests;
 pub mod x8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "aarch64")]
+mod x8_neon;
 pub mod x8q45k;
 pub mod x8q6k;
 pub mod x8q8;

@@ -407,6 +407,52 @@ fn interleaved_matmul_matches_rows_and_is_batch_invariant() {
     assert_eq!(got, want);
 }
 
+/// The interleaved block32 and Q8_0 kernels (AVX2/AVX-VNNI on x86, NEON on aarch64) give the
+/// bits of their scalar references for 1 to 4 tokens: every row's float operations are the
+/// scalar ones, and the integer sums are exact.
+#[test]
+fn interleaved_kernels_match_their_scalar_references_bit_for_bit() {
+    use super::x8::{self, Interleaved};
+    type Scalar<B> = fn(&[B], &[&[BlockQ8A]], &mut [[f32; x8::ROWS]]);
+    fn check<B: Interleaved<Act = BlockQ8A>>(name: &str, bytes: &[u8], acts: &[&[BlockQ8A]], scalar: Scalar<B>) {
+        let blocks: &[B] = as_blocks(bytes);
+        let per_group = blocks.len() / 2;
+        for g in blocks.chunks_exact(per_group) {
+            for k in 1..=4 {
+                let (mut got, mut want) = ([[f32::NAN; x8::ROWS]; 4], [[0f32; x8::ROWS]; 4]);
+                B::dot_group(g, &acts[..k], &mut got[..k]);
+                scalar(g, &acts[..k], &mut want[..k]);
+                let bits = |v: &[[f32; x8::ROWS]]| v.iter().flatten().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got[..k]), bits(&want[..k]), "{name}, {k} tokens");
+            }
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(15);
+    let (rows, cols) = (16, 160);
+    let x = gauss(&mut rng, 4 * cols, 1.0);
+    let q8a: Vec<Vec<BlockQ8A>> = x
+        .chunks_exact(cols)
+        .map(|v| {
+            let mut a = vec![BlockQ8A::default(); cols / 32];
+            quantize_q8a(v, &mut a);
+            a
+        })
+        .collect();
+    let acts: Vec<&[BlockQ8A]> = q8a.iter().map(|a| a.as_slice()).collect();
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0] {
+        let w = quantize_matrix(dtype, rows, cols, &gauss(&mut rng, rows * cols, 1.0)).prepared_for_matmul();
+        assert_eq!(w.layout(), crate::qmatrix::Layout::Interleaved8);
+        let b = w.bytes();
+        match dtype {
+            DType::Q4_0 => check::<x8::X8Q4_0>("Q4_0", b, &acts, x8::dot_group_scalar),
+            DType::Q4_1 => check::<x8::X8Q4_1>("Q4_1", b, &acts, x8::dot_group_scalar),
+            DType::Q5_0 => check::<x8::X8Q5_0>("Q5_0", b, &acts, x8::dot_group_scalar),
+            DType::Q5_1 => check::<x8::X8Q5_1>("Q5_1", b, &acts, x8::dot_group_scalar),
+            _ => check::<super::x8q8::X8Q8_0>("Q8_0", b, &acts, super::x8q8::dot_group_scalar),
+        }
+    }
+}
+
 /// The float kernels' register tiles (rows × tokens) change which outputs share loads, never an
 /// output's arithmetic: any split of the batch, any thread count and any row count (tiles plus
 /// leftover rows) give the same bits per token, close to the scalar reference.

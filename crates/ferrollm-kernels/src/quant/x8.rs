@@ -99,7 +99,7 @@ impl Interleave for q5_1::BlockQ5_1 {
 
 /// Element index of byte `i` (0..4) of step `s` (0..8).
 #[inline(always)]
-fn element(s: usize, i: usize) -> usize {
+pub(super) fn element(s: usize, i: usize) -> usize {
     if s < 4 {
         4 * s + i
     } else {
@@ -338,6 +338,12 @@ pub fn dot_group<const MB: usize, const HB: usize>(
             unsafe { avx2::dot_group(blocks, acts, out) };
             return;
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if super::common::has_neon() {
+        // SAFETY: NEON was detected.
+        unsafe { super::x8_neon::dot_group_x8(blocks, acts, out) };
+        return;
     }
     dot_group_scalar(blocks, acts, out)
 }

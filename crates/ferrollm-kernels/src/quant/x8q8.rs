@@ -85,6 +85,12 @@ impl Interleaved for X8Q8_0 {
                 return;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if super::common::has_neon() {
+            // SAFETY: NEON was detected.
+            unsafe { super::x8_neon::dot_group_q8(blocks, acts, out) };
+            return;
+        }
         dot_group_scalar(blocks, acts, out)
     }
 
