@@ -388,9 +388,7 @@ macro_rules! x8_kernel {
                 let nib = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); T];
                 for (b, blk) in blocks.iter().enumerate() {
-                    if T == 1 {
-                        prefetch_ahead(blk);
-                    }
+                    prefetch_ahead(blk);
                     // SAFETY: `d` and `m` are 16 readable bytes; unaligned loads.
                     let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.d.as_ptr().cast()) });
                     let mw = if MB > 0 {

@@ -242,9 +242,7 @@ mod avx2 {
         let min_ctl = [pair_ctl::<false>(0, 1), pair_ctl::<false>(2, 3)];
         let mut acc = [_mm256_setzero_ps(); T];
         for (b, blk) in blocks.iter().enumerate() {
-            if T == 1 {
-                prefetch_ahead(blk);
-            }
+            prefetch_ahead(blk);
             // SAFETY: each field read is 16 or 32 readable bytes; unaligned loads.
             let (dw, dminw, scl, ml, sh) = unsafe {
                 (

@@ -202,9 +202,7 @@ mod avx2 {
         // One f32 accumulator per step (the row kernel's lane) and token.
         let mut acc = [[_mm256_setzero_ps(); T]; 8];
         for (b, blk) in blocks.iter().enumerate() {
-            if T == 1 {
-                prefetch_ahead(blk);
-            }
+            prefetch_ahead(blk);
             // SAFETY: `d` is 16 readable bytes; unaligned load.
             let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.d.as_ptr().cast()) });
             // SAFETY: each of the four is 32 readable bytes of `sc`; unaligned loads.

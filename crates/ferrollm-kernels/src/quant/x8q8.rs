@@ -221,9 +221,7 @@ macro_rules! x8q8_kernel {
             fn dot_blocks<const T: usize>(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]; T]) -> [__m256; T] {
                 let mut acc = [_mm256_setzero_ps(); T];
                 for (b, blk) in blocks.iter().enumerate() {
-                    if T == 1 {
-                        prefetch_ahead(blk);
-                    }
+                    prefetch_ahead(blk);
                     // SAFETY: `d` is 16 readable bytes; unaligned load.
                     let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(blk.d.as_ptr().cast()) });
                     let mut isum = [_mm256_setzero_si256(); T];
