@@ -14,6 +14,9 @@ pub enum Float {
     BF16,
 }
 
+/// The kinds by the `K` const parameter of the SIMD kernels (0: F32, 1: F16, 2: BF16).
+pub(super) const KINDS: [Float; 3] = [Float::F32, Float::F16, Float::BF16];
+
 impl Float {
     pub fn bytes(self) -> usize {
         match self {
@@ -297,8 +300,6 @@ pub(super) mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
-    const KINDS: [Float; 3] = [Float::F32, Float::F16, Float::BF16];
-
     /// `outs[t][r]` for every row in `bytes` and the `k = acts.len()` (1 to 4) tokens.
     ///
     /// Rows go in register tiles of `R` rows × `k` tokens (`R·k` accumulators), so each 8 decoded
@@ -437,8 +438,6 @@ mod neon {
     use super::*;
     use std::arch::aarch64::*;
 
-    const KINDS: [Float; 3] = [Float::F32, Float::F16, Float::BF16];
-
     /// `outs[t][r]` for every row in `bytes` and the 1 to 4 tokens of `acts`.
     ///
     /// # Safety
@@ -553,8 +552,6 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
-
-    const KINDS: [Float; 3] = [Float::F32, Float::F16, Float::BF16];
 
     /// # Safety
     /// The CPU must support AVX-512 F, AVX2, FMA and F16C.

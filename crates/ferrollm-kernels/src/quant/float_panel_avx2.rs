@@ -19,8 +19,6 @@
 //!
 //! Rows past `rows8` and columns past `main` go through the row kernel and its tail sum.
 
-use super::float::Float;
-
 /// Rows of one register tile: two vectors of 8.
 pub const GROUP_ROWS: usize = 16;
 /// Tokens of one register tile: 2 × 6 accumulators, 2 weight registers and a broadcast leave
@@ -57,12 +55,10 @@ pub(super) use x86::{dot_panel, pack};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::float::{avx2, tail_dot};
+    use super::super::float::{avx2, tail_dot, KINDS};
     use super::*;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
-
-    const KINDS: [Float; 3] = [Float::F32, Float::F16, Float::BF16];
 
     /// Widens and permutes the leading `rows8` rows of `bytes` into `panel`
     /// ([`panel_len`] floats), eight rows × eight columns at a time: the block is transposed in
