@@ -546,12 +546,7 @@ fn float_panel_kernel_matches_the_row_kernel() {
             let x = gauss(&mut rng, float::panel_tokens() * cols, 1.0);
             let acts: Vec<&[f32]> = x.chunks_exact(cols).collect();
             for k in 1..=float::panel_tokens() {
-                let (mut want, mut got) = (vec![vec![0f32; rows]; k], vec![vec![f32::NAN; rows]; k]);
-                let mut w: Vec<&mut [f32]> = want.iter_mut().map(|o| o.as_mut_slice()).collect();
-                // The row kernel takes at most 4 tokens a call.
-                for (a, w) in acts[..k].chunks(4).zip(w.chunks_mut(4)) {
-                    float::dot_rows(kind, &bytes, rb, a, w);
-                }
+                let (want, mut got) = (row_kernel_outputs(kind, &bytes, rb, &acts[..k]), vec![vec![f32::NAN; rows]; k]);
                 let mut g: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
                 let mut packed = vec![f32::NAN; k * (cols / 8 * 8)];
                 float::pack_acts(&acts[..k], &mut packed);
@@ -560,6 +555,17 @@ fn float_panel_kernel_matches_the_row_kernel() {
             }
         }
     }
+}
+
+/// Every token's outputs from the row kernel, which takes at most 4 tokens a call: what the
+/// panel kernels must reproduce bit for bit.
+fn row_kernel_outputs(kind: Float, bytes: &[u8], rb: usize, acts: &[&[f32]]) -> Vec<Vec<f32>> {
+    let mut want = vec![vec![0f32; bytes.len() / rb]; acts.len()];
+    let mut w: Vec<&mut [f32]> = want.iter_mut().map(|o| o.as_mut_slice()).collect();
+    for (a, w) in acts.chunks(4).zip(w.chunks_mut(4)) {
+        float::dot_rows(kind, bytes, rb, a, w);
+    }
+    want
 }
 
 /// The AVX2 panel kernel (outer-product tiles over permuted columns), called directly so that
@@ -591,11 +597,7 @@ fn float_avx2_panel_kernel_matches_the_row_kernel() {
             let x = gauss(&mut rng, panel2::TOKENS * cols, 1.0);
             let acts: Vec<&[f32]> = x.chunks_exact(cols).collect();
             for k in 1..=panel2::TOKENS {
-                let (mut want, mut got) = (vec![vec![0f32; rows]; k], vec![vec![f32::NAN; rows]; k]);
-                let mut w: Vec<&mut [f32]> = want.iter_mut().map(|o| o.as_mut_slice()).collect();
-                for (a, w) in acts[..k].chunks(4).zip(w.chunks_mut(4)) {
-                    float::dot_rows(kind, &bytes, rb, a, w);
-                }
+                let (want, mut got) = (row_kernel_outputs(kind, &bytes, rb, &acts[..k]), vec![vec![f32::NAN; rows]; k]);
                 let mut g: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
                 let mut packed = vec![f32::NAN; k * (cols / 8 * 8)];
                 panel2::pack_acts(&acts[..k], &mut packed);
