@@ -137,6 +137,14 @@ fn panel_kernel() -> Option<PanelKernel> {
     }
 }
 
+/// Floats of the panel that `kernel` reads for `rows` rows of `cols` columns.
+fn panel_len(kernel: PanelKernel, rows: usize, cols: usize) -> usize {
+    match kernel {
+        PanelKernel::Avx512 => rows / 2 * 2 * (cols / 8 * 8),
+        PanelKernel::Avx2 => panel2::panel_len(rows, cols),
+    }
+}
+
 /// Tokens per [`dot_panel`] call on this CPU (0: no panel kernel here).
 pub fn panel_tokens() -> usize {
     match panel_kernel() {
@@ -148,8 +156,8 @@ pub fn panel_tokens() -> usize {
 
 /// Whether a matmul of `n` tokens should take the panel kernel: widening (and on AVX2
 /// transposing) each block of rows pays once enough tokens meet it. AVX2 from 48 tokens: at 16
-/// the packing made the SmolLM2 F16 layer matmuls 10% slower, at 64 several percent faster
-/// (gemv_bench model, prefill).
+/// the packing made the SmolLM2 F16 layer matmuls 10% slower (gemv_bench model), at 512 tokens
+/// each matrix 1-20% faster (gemv_bench prefill); batch-64 decode runs as fast either way.
 pub fn panel_pays(n: usize) -> bool {
     match panel_kernel() {
         Some(PanelKernel::Avx512) => n > 4,
@@ -183,10 +191,7 @@ pub fn pack_panel<'a>(kind: Float, bytes: &[u8], row_bytes: usize, panel: &'a mu
     let kernel = panel_kernel().filter(|_| row_bytes >= 8 * kind.bytes())?;
     assert!(bytes.len().is_multiple_of(row_bytes));
     let (rows, cols) = (bytes.len() / row_bytes, row_bytes / kind.bytes());
-    let len = match kernel {
-        PanelKernel::Avx512 => rows / 2 * 2 * (cols / 8 * 8),
-        PanelKernel::Avx2 => panel2::panel_len(rows, cols),
-    };
+    let len = panel_len(kernel, rows, cols);
     let skip = aligned_start(panel, len);
     let panel = &mut panel[skip..skip + len];
     #[cfg(target_arch = "x86_64")]
@@ -265,11 +270,7 @@ pub fn dot_panel(
     assert!(acts.len() <= panel_tokens(), "{} tokens for the panel kernel", acts.len());
     assert_eq!(packed.len(), acts.len() * (cols / 8 * 8), "packed activations of other tokens");
     let kernel = panel_kernel().expect("dot_panel without a panel kernel (pack_panel said no)");
-    let len = match kernel {
-        PanelKernel::Avx512 => rows / 2 * 2 * (cols / 8 * 8),
-        PanelKernel::Avx2 => panel2::panel_len(rows, cols),
-    };
-    assert_eq!(panel.len(), len, "panel of other rows");
+    assert_eq!(panel.len(), panel_len(kernel, rows, cols), "panel of other rows");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the kernel's features were detected; the shapes were checked above.
     unsafe {

@@ -143,8 +143,7 @@ where
     let apr = cols / A::ELEMS; // activation blocks per token
     let acts = quantize_acts::<A>(pool, x, n, cols, apr);
 
-    // Runs of 16 rows: the AVX2 panel kernel's tiles.
-    let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 16);
+    let (chunk, tasks) = split(pool, ws.iter().map(|w| w.rows), 4);
     let rb = ws[0].row_bytes();
     // Few tokens: one kernel call per task. Many: L1-sized row sub-blocks that all tokens visit.
     let sub = if n <= TILE { chunk } else { sub_block_rows(rb, chunk) };
@@ -215,7 +214,7 @@ fn run_float(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], n: usize, outs: &mut
                 for s0 in (r0..r1).step_by(sub) {
                     let s1 = (s0 + sub).min(r1);
                     let bytes = &weights[s0 * rb..s1 * rb];
-                    // Prefill widens the sub-block once for the token block (AVX-512).
+                    // Prefill widens the sub-block once for the token block ([`float::panel_pays`]).
                     let panel_rows = match panel_path && float::panel_pays(tb_end - tb) {
                         true => float::pack_panel(kind, bytes, rb, panel),
                         false => None,
