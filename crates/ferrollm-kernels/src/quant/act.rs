@@ -4,6 +4,7 @@
 //! These never touch a file, so they use f32 scales and natural alignment rather than GGUF's
 //! f16 fields.
 
+#[cfg(target_arch = "x86_64")]
 use super::common::has_avx2;
 use std::cell::Cell;
 use std::thread::LocalKey;
@@ -97,6 +98,12 @@ pub fn quantize_q8a(x: &[f32], out: &mut [BlockQ8A]) {
         unsafe { avx2::quantize_q8a(x, out) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if super::common::has_neon() {
+        // SAFETY: NEON was detected.
+        unsafe { neon::quantize_q8a(x, out) };
+        return;
+    }
     quantize_q8a_scalar(x, out)
 }
 
@@ -117,6 +124,12 @@ pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
         unsafe { avx2::quantize_q8k(x, out) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if super::common::has_neon() {
+        // SAFETY: NEON was detected.
+        unsafe { neon::quantize_q8k(x, out) };
+        return;
+    }
     quantize_q8k_scalar(x, out)
 }
 
@@ -126,6 +139,74 @@ pub fn quantize_q8k_scalar(x: &[f32], out: &mut [BlockQ8K]) {
         b.d = quantize_group(xs, &mut b.qs);
         for (s, q) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
             *s = q.iter().map(|&v| v as i16).sum();
+        }
+    }
+}
+
+/// The AVX2 quantizers on NEON: `fcvtns` rounds to nearest even like the scalar reference, and
+/// the quants (|q| ≤ 127) narrow without saturating, so the bytes are the same.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::*;
+    use std::arch::aarch64::*;
+
+    /// Largest |x| over `x` (a multiple of 4 long).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn amax(x: &[f32]) -> f32 {
+        let mut m = vdupq_n_f32(0.0);
+        for c in x.chunks_exact(4) {
+            // SAFETY: `c` is 4 f32s.
+            m = vmaxq_f32(m, vabsq_f32(unsafe { vld1q_f32(c.as_ptr()) }));
+        }
+        vmaxvq_f32(m)
+    }
+
+    /// 32 values times `id`, rounded to nearest even, into `q`; returns the sums of the first
+    /// and second 16 quants.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn quant32(x: &[f32], id: f32, q: &mut [i8]) -> (i32, i32) {
+        assert!(x.len() == 32 && q.len() == 32);
+        let mut sums = [0i32; 2];
+        for (h, sum) in sums.iter_mut().enumerate() {
+            // SAFETY: `x` is 32 f32s: eight loads of 4 from 16·h.
+            let v: [int32x4_t; 4] = std::array::from_fn(|i| {
+                vcvtnq_s32_f32(vmulq_n_f32(unsafe { vld1q_f32(x.as_ptr().add(16 * h + 4 * i)) }, id))
+            });
+            let p01 = vcombine_s16(vqmovn_s32(v[0]), vqmovn_s32(v[1]));
+            let p23 = vcombine_s16(vqmovn_s32(v[2]), vqmovn_s32(v[3]));
+            // SAFETY: `q` is 32 writable bytes; this half's 16 from 16·h.
+            unsafe { vst1q_s8(q.as_mut_ptr().add(16 * h), vcombine_s8(vqmovn_s16(p01), vqmovn_s16(p23))) };
+            *sum = vaddvq_s32(vaddq_s32(vaddq_s32(v[0], v[1]), vaddq_s32(v[2], v[3])));
+        }
+        (sums[0], sums[1])
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn quantize_q8a(x: &[f32], out: &mut [BlockQ8A]) {
+        for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+            let (d, id) = scale_of(amax(xs));
+            let (s0, s1) = quant32(xs, id, &mut b.qs);
+            b.d = d;
+            b.s = d * (s0 + s1) as f32;
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+        for (b, xs) in out.iter_mut().zip(x.chunks_exact(256)) {
+            let (d, id) = scale_of(amax(xs));
+            b.d = d;
+            for (j, c) in xs.chunks_exact(32).enumerate() {
+                let (s0, s1) = quant32(c, id, &mut b.qs[32 * j..32 * j + 32]);
+                b.bsums[2 * j] = s0 as i16;
+                b.bsums[2 * j + 1] = s1 as i16;
+            }
         }
     }
 }
