@@ -97,6 +97,12 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
         unsafe { x86::silu_mul(gate, up) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if crate::quant::common::has_neon() {
+        // SAFETY: NEON was detected at run time; lengths are equal (asserted above).
+        unsafe { neon::silu_mul(gate, up) };
+        return;
+    }
     silu_mul_scalar(gate, up)
 }
 
@@ -518,6 +524,50 @@ fn expf_ggml(x: f32) -> f32 {
         s1 * s1
     } else {
         s2.mul_add(j, s2) * s1
+    }
+}
+
+/// [`silu_mul`] on NEON: [`exp_lane`]'s operations two f64 lanes at a time (`fmla` fuses as
+/// `mul_add` does, `frintn` rounds ties to even, `fmax`/`fmin` let NaN through as its clamps do),
+/// so the same bits.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    /// `exp` of two f64 lanes, as [`super::exp_lane`] computes it before its final rounding.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn exp2_f64(x: float64x2_t) -> float64x2_t {
+        let x = vminq_f64(vmaxq_f64(x, vdupq_n_f64(-200.0)), vdupq_n_f64(100.0));
+        let n = vrndnq_f64(vmulq_n_f64(x, std::f64::consts::LOG2_E));
+        let r = vfmaq_f64(x, vnegq_f64(n), vdupq_n_f64(std::f64::consts::LN_2));
+        let mut p = vdupq_n_f64(super::EXP_TAYLOR[0]);
+        for &c in &super::EXP_TAYLOR[1..] {
+            p = vfmaq_f64(vdupq_n_f64(c), p, r);
+        }
+        p = vfmaq_f64(vdupq_n_f64(1.0), p, r);
+        let e = vshlq_n_s64::<52>(vaddq_s64(vcvtq_s64_f64(n), vdupq_n_s64(1023)));
+        vmulq_f64(p, vreinterpretq_f64_s64(e))
+    }
+
+    /// # Safety
+    /// The CPU must support NEON; `gate` and `up` have equal lengths.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        let body = gate.len() / 4 * 4;
+        for (g, u) in gate[..body].chunks_exact_mut(4).zip(up.chunks_exact(4)) {
+            // SAFETY: `g` and `u` are 4 f32s each, `g` borrowed mutably.
+            unsafe {
+                let gv = vld1q_f32(g.as_ptr());
+                let neg = vnegq_f32(gv);
+                let lo = vcvt_f32_f64(exp2_f64(vcvt_f64_f32(vget_low_f32(neg))));
+                let hi = vcvt_f32_f64(exp2_f64(vcvt_high_f64_f32(neg)));
+                let e = vcombine_f32(lo, hi);
+                let s = vdivq_f32(gv, vaddq_f32(vdupq_n_f32(1.0), e));
+                vst1q_f32(g.as_mut_ptr(), vmulq_f32(s, vld1q_f32(u.as_ptr())));
+            }
+        }
+        super::silu_mul_scalar(&mut gate[body..], &up[body..]);
     }
 }
 
@@ -1429,6 +1479,27 @@ mod tests {
                     assert!((f - s).abs() <= 1e-5 * (nk as f32 + 1.0), "axpy_many vs scalar dim={dim}: {f} vs {s}");
                 }
             }
+        }
+    }
+
+    /// The NEON SwiGLU on the edges of its exponential: zeros, infinities, NaN, clamped and
+    /// overflowing arguments, subnormals; the same bits as the scalar twin (any NaN for NaN).
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_silu_mul_matches_scalar_twin_on_special_values() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(38);
+        let inf = f32::INFINITY;
+        let special = [0.0, -0.0, 88.0, -88.0, 104.0, -104.0, 200.0, -200.0, 1e30, -1e30, 1e-40, inf, -inf, f32::NAN];
+        let g: Vec<f32> = (0..1003)
+            .map(|i| if i % 5 == 0 { special[i / 5 % special.len()] } else { rng.gen_range(-120.0..120.0) })
+            .collect();
+        let u: Vec<f32> = (0..g.len()).map(|_| rng.gen_range(-2.0..2.0)).collect();
+        let (mut a, mut b) = (g.clone(), g.clone());
+        silu_mul(&mut a, &u);
+        silu_mul_scalar(&mut b, &u);
+        for ((x, y), g) in a.iter().zip(&b).zip(&g) {
+            assert!(x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan(), "silu({g}): {x} vs {y}");
         }
     }
 
