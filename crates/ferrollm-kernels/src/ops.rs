@@ -457,6 +457,12 @@ pub fn softmax(x: &mut [f32]) {
         unsafe { x86::softmax(x) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if crate::quant::common::has_neon() {
+        // SAFETY: NEON was detected at run time.
+        unsafe { neon::softmax(x) };
+        return;
+    }
     softmax_scalar(x)
 }
 
@@ -568,6 +574,79 @@ mod neon {
             }
         }
         super::silu_mul_scalar(&mut gate[body..], &up[body..]);
+    }
+
+    /// [`super::expf_ggml`] on four lanes, operation for operation.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn expf_ggml4(x: float32x4_t) -> float32x4_t {
+        let mut c = [vdupq_n_f32(0.0); 9];
+        for (c, &b) in c.iter_mut().zip(&super::GGML_EXP) {
+            *c = vdupq_n_f32(f32::from_bits(b));
+        }
+        let z = vfmaq_f32(c[0], x, c[1]);
+        let n = vsubq_f32(z, c[0]);
+        let b = vfmsq_f32(vfmsq_f32(x, n, c[3]), n, c[2]);
+        let e = vshlq_n_u32::<23>(vreinterpretq_u32_f32(z));
+        let k = vreinterpretq_f32_u32(vaddq_u32(e, vdupq_n_u32(1f32.to_bits())));
+        let abs_n = vabsq_f32(n);
+        let special = vcgtq_f32(abs_n, vdupq_n_f32(126.0));
+        let u = vmulq_f32(b, b);
+        let j = vfmaq_f32(vmulq_f32(c[8], b), vfmaq_f32(vfmaq_f32(c[7], c[6], b), vfmaq_f32(c[5], c[4], b), u), u);
+        let fast = vfmaq_f32(k, k, j);
+        if vmaxvq_u32(special) == 0 {
+            return fast;
+        }
+        let g = vandq_u32(vcleq_f32(n, vdupq_n_f32(0.0)), vdupq_n_u32(0x8200_0000));
+        let s1 = vreinterpretq_f32_u32(vaddq_u32(g, vdupq_n_u32(0x7f00_0000)));
+        let s2 = vreinterpretq_f32_u32(vsubq_u32(e, g));
+        let huge = vcgtq_f32(abs_n, vdupq_n_f32(192.0));
+        let scaled = vmulq_f32(vfmaq_f32(s2, s2, j), s1);
+        vbslq_f32(huge, vmulq_f32(s1, s1), vbslq_f32(special, scaled, fast))
+    }
+
+    /// [`super::softmax`] on NEON: each eight are two registers, summed in the scalar tree.
+    ///
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn softmax(x: &mut [f32]) {
+        let mut vmax = vdupq_n_f32(f32::NEG_INFINITY);
+        let mut fours = x.chunks_exact(4);
+        for c in &mut fours {
+            // SAFETY: `c` holds 4 floats.
+            vmax = vmaxq_f32(vmax, unsafe { vld1q_f32(c.as_ptr()) });
+        }
+        let max = fours.remainder().iter().fold(vmaxvq_f32(vmax), |m, &v| if m > v { m } else { v });
+        let vm = vdupq_n_f32(max);
+        let mut sum = 0f64;
+        for chunk in x.chunks_mut(8) {
+            let mut buf = [0f32; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            // SAFETY: `buf` holds 8 floats.
+            let (lo, hi) = unsafe { (vld1q_f32(buf.as_ptr()), vld1q_f32(buf.as_ptr().add(4))) };
+            let mut e = [expf_ggml4(vsubq_f32(lo, vm)), expf_ggml4(vsubq_f32(hi, vm))];
+            // Lanes past the end count as 0 (llama.cpp's masked keys).
+            let len = chunk.len() as u32;
+            let first = [0u32, 1, 2, 3];
+            // SAFETY: `first` holds 4 u32s.
+            let lanes = unsafe { vld1q_u32(first.as_ptr()) };
+            for (h, e) in e.iter_mut().enumerate() {
+                let lane = vaddq_u32(lanes, vdupq_n_u32(4 * h as u32));
+                *e = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(*e), vcltq_u32(lane, vdupq_n_u32(len))));
+            }
+            // SAFETY: `buf` holds 8 floats.
+            unsafe {
+                vst1q_f32(buf.as_mut_ptr(), e[0]);
+                vst1q_f32(buf.as_mut_ptr().add(4), e[1]);
+            }
+            chunk.copy_from_slice(&buf[..chunk.len()]);
+            sum += crate::quant::arm::hsum8(e[0], e[1]) as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        for v in x.iter_mut() {
+            *v *= inv;
+        }
     }
 }
 

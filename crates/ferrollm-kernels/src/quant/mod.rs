@@ -27,7 +27,7 @@ macro_rules! assert_block {
 pub mod act;
 pub mod amx;
 #[cfg(target_arch = "aarch64")]
-mod arm;
+pub(crate) mod arm;
 pub mod block32;
 pub mod common;
 pub mod float;
