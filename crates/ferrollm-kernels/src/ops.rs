@@ -626,14 +626,17 @@ mod neon {
             // SAFETY: `buf` holds 8 floats.
             let (lo, hi) = unsafe { (vld1q_f32(buf.as_ptr()), vld1q_f32(buf.as_ptr().add(4))) };
             let mut e = [expf_ggml4(vsubq_f32(lo, vm)), expf_ggml4(vsubq_f32(hi, vm))];
-            // Lanes past the end count as 0 (llama.cpp's masked keys).
-            let len = chunk.len() as u32;
-            let first = [0u32, 1, 2, 3];
-            // SAFETY: `first` holds 4 u32s.
-            let lanes = unsafe { vld1q_u32(first.as_ptr()) };
-            for (h, e) in e.iter_mut().enumerate() {
-                let lane = vaddq_u32(lanes, vdupq_n_u32(4 * h as u32));
-                *e = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(*e), vcltq_u32(lane, vdupq_n_u32(len))));
+            // Lanes past the end of the last, partial eight count as 0 (llama.cpp's masked keys).
+            if chunk.len() < 8 {
+                let len = chunk.len() as u32;
+                let first = [0u32, 1, 2, 3];
+                // SAFETY: `first` holds 4 u32s.
+                let lanes = unsafe { vld1q_u32(first.as_ptr()) };
+                for (h, e) in e.iter_mut().enumerate() {
+                    let lane = vaddq_u32(lanes, vdupq_n_u32(4 * h as u32));
+                    let valid = vcltq_u32(lane, vdupq_n_u32(len));
+                    *e = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(*e), valid));
+                }
             }
             // SAFETY: `buf` holds 8 floats.
             unsafe {

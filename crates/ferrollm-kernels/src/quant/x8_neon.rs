@@ -33,7 +33,8 @@ fn broadcast4(qs: &[i8; 32], e: usize) -> int8x16_t {
     vreinterpretq_s8_u32(vdupq_n_u32(u32::from_le_bytes(b)))
 }
 
-/// Rows 0-3 and 4-7 from i16 (or i32, `pairs`) lanes holding one (row, quant) each.
+/// Rows 0-3 and 4-7 from i32 lanes holding two quants' products of one row each (row `2k` and
+/// `2k + 1` in `pairs[k]`, as `vpaddlq_s16` or `vpadalq_s16` leave them).
 #[inline]
 #[target_feature(enable = "neon")]
 fn row_sums(pairs: [int32x4_t; 4]) -> [int32x4_t; 2] {
