@@ -388,20 +388,11 @@ pub(super) mod avx2 {
         let x: [*const f32; T] = std::array::from_fn(|t| acts[t].as_ptr());
         let mut acc = [[_mm256_setzero_ps(); T]; R];
         let main = cols / 8 * 8;
-        let mut i = 0;
-        while i < main {
-            if (i * eb).is_multiple_of(64) {
-                // A tile streams R rows at once, more streams than the hardware prefetcher
-                // follows well with both threads reading: fetch the next tile's line ahead.
-                // For several tokens too: a sub-block's first pass reads from L3 or DRAM (the
-                // SmolLM2 F16 layer matmuls at 16 tokens took 20% less time, gemv_bench model),
-                // and the later passes' prefetches hit L1.
-                for r in 0..R {
-                    let ahead = rows.as_ptr().wrapping_add((R + r) * rb + i * eb);
-                    // A prefetch is only a hint: it never faults, whatever the address.
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                }
-            }
+        // One 64-byte line of each row per iteration (2 or 4 steps of 8 columns, unrolled), so
+        // the loop's own scalar work and the prefetch test do not take FMA-port slots per step.
+        let line = 64 / eb;
+        let lines = main / line * line;
+        let step = |i: usize, acc: &mut [[__m256; T]; R]| {
             // SAFETY: i + 8 <= main <= cols, and every row holds `cols` elements (asserted).
             let wv: [__m256; R] = std::array::from_fn(|r| unsafe { load8::<K>(w[r].add(i * eb)) });
             for t in 0..T {
@@ -411,6 +402,26 @@ pub(super) mod avx2 {
                     acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
                 }
             }
+        };
+        let mut i = 0;
+        while i < lines {
+            // A tile streams R rows at once, more streams than the hardware prefetcher
+            // follows well with both threads reading: fetch the next tile's line ahead.
+            // For several tokens too: a sub-block's first pass reads from L3 or DRAM (the
+            // SmolLM2 F16 layer matmuls at 16 tokens took 20% less time, gemv_bench model),
+            // and the later passes' prefetches hit L1.
+            for r in 0..R {
+                let ahead = rows.as_ptr().wrapping_add((R + r) * rb + i * eb);
+                // A prefetch is only a hint: it never faults, whatever the address.
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            }
+            for j in (0..line).step_by(8) {
+                step(i + j, &mut acc);
+            }
+            i += line;
+        }
+        while i < main {
+            step(i, &mut acc);
             i += 8;
         }
         for t in 0..T {
