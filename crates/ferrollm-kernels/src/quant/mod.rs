@@ -6,7 +6,7 @@
 //! are integer dot products, as in llama.cpp; [`matmul`] tiles rows × tokens and spreads rows
 //! across the pool.
 //!
-//! | weights | activations | kernel (AVX2 + FMA + F16C, NEON for floats and the interleaved 32-element formats; scalar fallback everywhere) |
+//! | weights | activations | kernel (AVX2 + FMA + F16C, NEON for floats and the interleaved 32-element, Q4_K, Q5_K and Q6_K formats; scalar fallback everywhere) |
 //! | --- | --- | --- |
 //! | F32, F16, BF16 | f32 | [`float`]: decode 8 weights, FMA into each token; prefill over widened panels (AVX-512 row pairs, AVX2 outer products over permuted columns) |
 //! | Q4_0, Q4_1, Q5_0, Q5_1 | [`act::BlockQ8A`] | [`block32`]: `maddubs` of unsigned quants; offsets via the block sum |
@@ -54,6 +54,8 @@ mod x8_neon;
 pub mod x8q45k;
 pub mod x8q6k;
 pub mod x8q8;
+#[cfg(target_arch = "aarch64")]
+mod xk_neon;
 
 use crate::{DType, QMatrix};
 use common::as_blocks;

@@ -15,7 +15,7 @@ use std::arch::aarch64::*;
 /// `[f32; 8]` rows per token from two 4-lane accumulators each.
 #[inline]
 #[target_feature(enable = "neon")]
-fn store<const T: usize>(acc: [[float32x4_t; 2]; T], out: &mut [[f32; ROWS]]) {
+pub(super) fn store<const T: usize>(acc: [[float32x4_t; 2]; T], out: &mut [[f32; ROWS]]) {
     for (o, a) in out.iter_mut().zip(acc) {
         // SAFETY: `o` is 8 writable f32s.
         unsafe {
@@ -28,7 +28,7 @@ fn store<const T: usize>(acc: [[float32x4_t; 2]; T], out: &mut [[f32; ROWS]]) {
 /// Four activation bytes from `qs[e..]`, repeated over the 16 lanes.
 #[inline]
 #[target_feature(enable = "neon")]
-fn broadcast4(qs: &[i8; 32], e: usize) -> int8x16_t {
+pub(super) fn broadcast4(qs: &[i8], e: usize) -> int8x16_t {
     let b = [qs[e] as u8, qs[e + 1] as u8, qs[e + 2] as u8, qs[e + 3] as u8];
     vreinterpretq_s8_u32(vdupq_n_u32(u32::from_le_bytes(b)))
 }
@@ -37,7 +37,7 @@ fn broadcast4(qs: &[i8; 32], e: usize) -> int8x16_t {
 /// `2k + 1` in `pairs[k]`, as `vpaddlq_s16` or `vpadalq_s16` leave them).
 #[inline]
 #[target_feature(enable = "neon")]
-fn row_sums(pairs: [int32x4_t; 4]) -> [int32x4_t; 2] {
+pub(super) fn row_sums(pairs: [int32x4_t; 4]) -> [int32x4_t; 2] {
     [vpaddq_s32(pairs[0], pairs[1]), vpaddq_s32(pairs[2], pairs[3])]
 }
 

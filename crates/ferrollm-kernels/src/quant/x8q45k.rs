@@ -17,7 +17,9 @@
 //! scales over the rows' lanes (see [`X8K4`]).
 
 use super::act::BlockQ8K;
-use super::common::{has_avx2, Block};
+#[cfg(target_arch = "x86_64")]
+use super::common::has_avx2;
+use super::common::Block;
 use super::kquant::{pack_scale_min_k4, scale_min_k4, KBlock};
 use super::q4_k::BlockQ4K;
 use super::q5_k::BlockQ5K;
@@ -159,7 +161,7 @@ pub fn interleave<W: K4Source, const HB: usize>(bytes: &[u8], rows: usize) -> Ve
 }
 
 /// Scalar reference of [`Interleaved::dot_group`] (`W` the source format), bit-identical to the
-/// AVX2 path.
+/// AVX2 and NEON paths.
 pub fn dot_group_scalar<W: K4Source, const HB: usize>(
     blocks: &[X8K4<HB>],
     acts: &[&[BlockQ8K]],
@@ -195,6 +197,12 @@ macro_rules! interleaved_k4 {
                 if has_avx2() {
                     // SAFETY: AVX2, FMA and F16C were detected.
                     unsafe { avx2::dot_group(blocks, acts, out) };
+                    return;
+                }
+                #[cfg(target_arch = "aarch64")]
+                if super::common::has_neon() {
+                    // SAFETY: NEON was detected.
+                    unsafe { super::xk_neon::dot_group_k4(blocks, acts, out) };
                     return;
                 }
                 dot_group_scalar::<$w, $hb>(blocks, acts, out)

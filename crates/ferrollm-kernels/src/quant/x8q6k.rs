@@ -16,7 +16,9 @@
 //! llama.cpp where it was.
 
 use super::act::BlockQ8K;
-use super::common::{has_avx2, Block};
+#[cfg(target_arch = "x86_64")]
+use super::common::has_avx2;
+use super::common::Block;
 use super::kquant::KBlock;
 use super::q6_k::BlockQ6K;
 use super::x8::{Interleaved, ROWS};
@@ -102,7 +104,7 @@ pub fn interleave(bytes: &[u8], rows: usize) -> Vec<u8> {
     super::x8::interleave_with(bytes, rows, X8Q6K::pack)
 }
 
-/// Scalar reference of [`Interleaved::dot_group`], bit-identical to the AVX2 path.
+/// Scalar reference of [`Interleaved::dot_group`], bit-identical to the AVX2 and NEON paths.
 pub fn dot_group_scalar(blocks: &[X8Q6K], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
     for (a, o) in acts.iter().zip(out.iter_mut()) {
         assert_eq!(a.len(), blocks.len());
@@ -136,6 +138,12 @@ impl Interleaved for X8Q6K {
         if has_avx2() {
             // SAFETY: AVX2, FMA and F16C were detected.
             unsafe { avx2::dot_group(blocks, acts, out) };
+            return;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if super::common::has_neon() {
+            // SAFETY: NEON was detected.
+            unsafe { super::xk_neon::dot_group_q6k(blocks, acts, out) };
             return;
         }
         dot_group_scalar(blocks, acts, out)
@@ -265,7 +273,7 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::common::{as_blocks, block_bytes, f32_to_f16};
+    use super::super::common::{as_blocks, block_bytes, f32_to_f16, has_avx2};
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
