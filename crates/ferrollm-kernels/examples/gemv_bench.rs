@@ -143,7 +143,7 @@ fn median_time(budget: Duration, min_reps: usize, mut f: impl FnMut(usize)) -> f
     times[times.len() / 2]
 }
 
-const SECTIONS: [&str; 9] = ["pool", "membw", "hot", "tile", "panel", "qtile", "gemv", "prefill", "model"];
+const SECTIONS: [&str; 10] = ["pool", "membw", "hot", "tile", "attn", "panel", "qtile", "gemv", "prefill", "model"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -301,6 +301,49 @@ fn main() {
         }
     }
 
+    if section("attn") {
+        // Decode attention as SmolLM2-135M runs it (9 query heads over 3 KV heads of 64 dims,
+        // f16 cache in blocks of 16 placed at random), one layer's call for B sequences of one
+        // new token each; 30 layers' caches so the step's KV streams from memory, as in decode.
+        println!("\nDecode attention, SmolLM2 shape, f16 cache, 2 threads, median per layer call");
+        let (nh, nkv, hd, bs, layers) = (9usize, 3usize, 64usize, 16usize, 30usize);
+        for (b, ctx) in [(16usize, 192usize), (64, 192), (1, 576)] {
+            let blocks_per_seq = ctx.div_ceil(bs);
+            let n_blocks = b * blocks_per_seq;
+            let elems = n_blocks * bs * nkv * hd;
+            let caches: Vec<(Vec<u16>, Vec<u16>)> = (0..layers)
+                .map(|_| {
+                    let k = (0..elems).map(|_| half::f16::from_f32(rng.f32()).to_bits()).collect();
+                    let v = (0..elems).map(|_| half::f16::from_f32(rng.f32()).to_bits()).collect();
+                    (k, v)
+                })
+                .collect();
+            // A random permutation of the blocks over the sequences.
+            let mut order: Vec<u32> = (0..n_blocks as u32).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            }
+            let q: Vec<f32> = (0..b * nh * hd).map(|_| rng.f32()).collect();
+            let mut out = vec![0f32; b * nh * hd];
+            let shape = ferrollm_kernels::KvShape { block_size: bs, n_kv_heads: nkv, head_dim: hd };
+            let seqs: Vec<ferrollm_kernels::AttentionSeq> = (0..b)
+                .map(|s| ferrollm_kernels::AttentionSeq {
+                    query_start: s,
+                    query_len: 1,
+                    context_len: ctx,
+                    block_table: &order[s * blocks_per_seq..(s + 1) * blocks_per_seq],
+                })
+                .collect();
+            let t = median_time(Duration::from_millis(1000), 10, |_| {
+                for (k, v) in &caches {
+                    let kv = ferrollm_kernels::PagedKv { data: ferrollm_kernels::KvRef::F16 { k, v }, shape };
+                    ferrollm_kernels::attention::paged_attention(&pools[1], &q, &kv, &seqs, nh, 0.125, &mut out);
+                }
+            }) / layers as f64;
+            let bytes = (b * ctx * nkv * hd * 2 * 2) as f64;
+            println!("B={b:<3} ctx {ctx}: {:>7.1} us/layer, KV read {:.1} GB/s", t * 1e6, bytes / t / 1e9);
+        }
+    }
     if section("panel") {
         // The prefill panel kernel alone, as the matmul calls it: one sub-block of PANEL_ROWS
         // rows widened once, then `panel_tokens()` packed tokens per call (all in L1 for one

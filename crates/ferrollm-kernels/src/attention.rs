@@ -347,8 +347,22 @@ fn attend_tile<E: KvElem>(
     let keys = KeysT { base: kc, blocks: &sc.panels, bs, dim: hd };
 
     // Scores: every row against keys 0..n_max (a row's entries past its own context are unused).
+    // The blocks sit anywhere in the cache, so the hardware prefetchers cannot see the next one
+    // coming: each key block's panels are fetched while the one before is scored, and the first
+    // value rows during the last.
+    let panel_len = hd * bs;
+    let fetch_keys = |b0: usize, panels: &[usize]| {
+        for &at in &panels[b0 / bs..(b0 + KEY_BLOCK).min(n_max).div_ceil(bs)] {
+            prefetch(kc, at, panel_len);
+        }
+    };
+    fetch_keys(0, &sc.panels);
     for b0 in (0..n_max).step_by(KEY_BLOCK) {
         let b1 = (b0 + KEY_BLOCK).min(n_max);
+        match b1 < n_max {
+            true => fetch_keys(b1, &sc.panels),
+            false => offs[..b1.min(KEY_BLOCK)].iter().for_each(|&at| prefetch(vc, at, hd)),
+        }
         scores(&sc.q, keys, b0, b1, scale, &mut sc.s, stride);
     }
     // Each row's softmax over its own context.
@@ -363,6 +377,7 @@ fn attend_tile<E: KvElem>(
         let b1 = (b0 + KEY_BLOCK).min(n_max);
         sc.counts.clear();
         sc.counts.extend(sc.n.iter().map(|&n| n.saturating_sub(b0).min(b1 - b0)));
+        offs[b1..(b1 + KEY_BLOCK).min(n_max)].iter().for_each(|&at| prefetch(vc, at, hd));
         let values = Gathered { base: vc, offs: &offs[b0..b1], dim: hd };
         axpy_many_gathered(&sc.s[b0..], stride, &sc.counts, values, &mut sc.o);
     }
@@ -375,6 +390,23 @@ fn attend_tile<E: KvElem>(
         let o = unsafe { out.part((t * n_heads + first_head) * hd, nh * hd) };
         o.copy_from_slice(&sc.o[i * nh * hd..(i + 1) * nh * hd]);
     }
+}
+
+/// Hints the cache lines of `base[at..at + len]` into L1 (where the address is out of
+/// range too: a prefetch never faults).
+#[inline]
+fn prefetch<E>(base: &[E], at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = base.as_ptr().wrapping_add(at).cast::<i8>();
+        for off in (0..len * std::mem::size_of::<E>()).step_by(64) {
+            // SAFETY: SSE is part of x86-64; a prefetch reads nothing and never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, at, len);
 }
 
 #[cfg(test)]
