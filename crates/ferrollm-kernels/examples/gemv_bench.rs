@@ -307,7 +307,7 @@ fn main() {
         // new token each; 30 layers' caches so the step's KV streams from memory, as in decode.
         println!("\nDecode attention, SmolLM2 shape, f16 cache, 2 threads, median per layer call");
         let (nh, nkv, hd, bs, layers) = (9usize, 3usize, 64usize, 16usize, 30usize);
-        for (b, ctx) in [(16usize, 192usize), (64, 192), (1, 576)] {
+        for (b, ctx, ql) in [(16usize, 192usize, 1usize), (64, 192, 1), (1, 576, 1), (1, 512, 512)] {
             let blocks_per_seq = ctx.div_ceil(bs);
             let n_blocks = b * blocks_per_seq;
             let elems = n_blocks * bs * nkv * hd;
@@ -323,13 +323,13 @@ fn main() {
             for i in (1..order.len()).rev() {
                 order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
             }
-            let q: Vec<f32> = (0..b * nh * hd).map(|_| rng.f32()).collect();
-            let mut out = vec![0f32; b * nh * hd];
+            let q: Vec<f32> = (0..b * ql * nh * hd).map(|_| rng.f32()).collect();
+            let mut out = vec![0f32; b * ql * nh * hd];
             let shape = ferrollm_kernels::KvShape { block_size: bs, n_kv_heads: nkv, head_dim: hd };
             let seqs: Vec<ferrollm_kernels::AttentionSeq> = (0..b)
                 .map(|s| ferrollm_kernels::AttentionSeq {
-                    query_start: s,
-                    query_len: 1,
+                    query_start: s * ql,
+                    query_len: ql,
                     context_len: ctx,
                     block_table: &order[s * blocks_per_seq..(s + 1) * blocks_per_seq],
                 })
@@ -341,7 +341,14 @@ fn main() {
                 }
             }) / layers as f64;
             let bytes = (b * ctx * nkv * hd * 2 * 2) as f64;
-            println!("B={b:<3} ctx {ctx}: {:>7.1} us/layer, KV read {:.1} GB/s", t * 1e6, bytes / t / 1e9);
+            // Scores and weighted values: 2 FLOP per (query, key, dim) each, over the causal keys.
+            let pairs = b * nh * (ql * (ctx - ql) + ql * (ql + 1) / 2);
+            let gflops = (4 * pairs * hd) as f64 / t / 1e9;
+            println!(
+                "B={b:<3} ctx {ctx} queries {ql}: {:>7.1} us/layer, KV read {:.1} GB/s, {gflops:.1} GFLOP/s",
+                t * 1e6,
+                bytes / t / 1e9
+            );
         }
     }
     if section("panel") {
