@@ -295,6 +295,8 @@ macro_rules! gather_elem {
                 $one(self)
             }
             #[allow(unreachable_code)]
+            // The arguments feed only the x86 kernel; elsewhere the method just answers false.
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
             fn scores_simd(
                 q: &[f32],
                 k: crate::scores::KeysT<Self>,
@@ -314,6 +316,8 @@ macro_rules! gather_elem {
                 false
             }
             #[allow(unreachable_code)]
+            // As above: the arguments feed only the x86 kernel.
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
             fn axpy_many_simd(w: &[f32], w_stride: usize, n: &[usize], v: Gathered<Self>, out: &mut [f32]) -> bool {
                 #[cfg(target_arch = "x86_64")]
                 if crate::quant::common::has_avx2() {
@@ -1769,11 +1773,13 @@ mod tests {
     }
 
     /// Bits equal, or both NaN (payloads are not part of the contract).
+    #[cfg(target_arch = "x86_64")]
     fn same_bits(a: &[f32], b: &[f32]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
     }
 
     /// Random values in `-spread..spread`, about one in six replaced by a special value (if any).
+    #[cfg(target_arch = "x86_64")]
     fn with_specials(rng: &mut impl rand::Rng, n: usize, spread: f32, special: &[f32]) -> Vec<f32> {
         (0..n)
             .map(|_| {

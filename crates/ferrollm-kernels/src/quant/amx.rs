@@ -26,7 +26,9 @@
 //!   `lo` for F16) in AMX's pair layout: tile row `p` holds, for each weight row, columns `2p`
 //!   and `2p + 1`; rows and columns past the matrix are zeros.
 
-use super::common::{f16_to_f32, has_avx512f};
+use super::common::f16_to_f32;
+#[cfg(target_arch = "x86_64")]
+use super::common::has_avx512f;
 use super::float::Float;
 use super::TokenKind;
 use std::sync::OnceLock;

@@ -6,7 +6,9 @@
 //! per block (`maddubs`), and the offset costs one multiply-add per block.
 
 use super::act::BlockQ8A;
-use super::common::{as_blocks, block_bytes, has_avx2, Block};
+#[cfg(target_arch = "x86_64")]
+use super::common::has_avx2;
+use super::common::{as_blocks, block_bytes, Block};
 
 /// A block that decodes as `d * q + m` with unsigned quants below 32.
 pub trait Unsigned32: Block {

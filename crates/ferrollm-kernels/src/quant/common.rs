@@ -172,6 +172,8 @@ pub fn dot_via_rows<B: Block, A>(w: &[B], acts: &[&[A]], out: &mut [f32], dot_ro
 
 /// Runs the const-generic `$tile::<T>` over every row for the call's token count `T` (1 to 4);
 /// each width needs its own monomorphized arm, so every block type would otherwise repeat it.
+/// Only the x86 kernels use it.
+#[cfg(target_arch = "x86_64")]
 macro_rules! for_each_row_tiled {
     ($bytes:expr, $row_bytes:expr, $acts:expr, $out:expr, $tile:ident) => {{
         use $crate::quant::common::{as_blocks, for_each_row};
@@ -184,4 +186,5 @@ macro_rules! for_each_row_tiled {
         }
     }};
 }
+#[cfg(target_arch = "x86_64")]
 pub(crate) use for_each_row_tiled;

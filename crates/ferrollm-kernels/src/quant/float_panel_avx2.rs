@@ -20,6 +20,7 @@
 //! Rows past `rows8` and columns past `main` go through the row kernel and its tail sum.
 
 /// Rows of one register tile: two vectors of 8.
+#[cfg(target_arch = "x86_64")]
 pub const GROUP_ROWS: usize = 16;
 /// Tokens of one register tile: 2 × 6 accumulators, 2 weight registers and a broadcast leave
 /// one of the 16 registers spare (3 × 4 left none, and LLVM spilled an accumulator).

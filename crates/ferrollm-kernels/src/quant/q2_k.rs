@@ -2,7 +2,9 @@
 //! (ggml `block_q2_K`).
 
 use super::act::BlockQ8K;
-use super::common::{f16_to_f32, f32_to_f16, has_avx2, Block};
+#[cfg(target_arch = "x86_64")]
+use super::common::has_avx2;
+use super::common::{f16_to_f32, f32_to_f16, Block};
 use super::kquant::{affine_quant, affine_scales, KBlock, KUnpacked};
 
 /// ggml layout: `scales[j]` is scale (low nibble) and min (high nibble) of sub-block `j`; the

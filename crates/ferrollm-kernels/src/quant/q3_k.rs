@@ -2,7 +2,9 @@
 //! bits plus a high bit, 6-bit `sc` (ggml `block_q3_K`).
 
 use super::act::BlockQ8K;
-use super::common::{f16_to_f32, f32_to_f16, has_avx2, Block};
+#[cfg(target_arch = "x86_64")]
+use super::common::has_avx2;
+use super::common::{f16_to_f32, f32_to_f16, Block};
 use super::kquant::{KBlock, KUnpacked};
 
 /// ggml layout: the weight `e = 128n + 32k + l` has low bits `2k..2k+2` of `qs[32n + l]` and
@@ -33,6 +35,7 @@ fn scale(s: &[u8; 12], j: usize) -> i32 {
 
 /// All sixteen 6-bit scales (unsigned, before the −32) as the bytes of two u64s, with 32-bit
 /// masks instead of sixteen [`scale`] calls.
+#[cfg(any(target_arch = "x86_64", test))]
 pub(crate) fn scales6(s: &[u8; 12]) -> (u64, u64) {
     let a0 = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
     let a1 = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);

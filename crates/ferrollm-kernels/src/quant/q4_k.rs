@@ -2,7 +2,9 @@
 //! (ggml `block_q4_K`).
 
 use super::act::BlockQ8K;
-use super::common::{f16_to_f32, f32_to_f16, has_avx2, Block};
+#[cfg(target_arch = "x86_64")]
+use super::common::has_avx2;
+use super::common::{f16_to_f32, f32_to_f16, Block};
 use super::kquant::{affine_quant, affine_scales, pack_scale_min_k4, scale_min_k4, KBlock, KUnpacked};
 
 /// ggml layout: 64-weight chunk `c` sits in `qs[32c..32c + 32]`, low nibbles first (sub-block

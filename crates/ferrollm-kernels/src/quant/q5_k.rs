@@ -1,7 +1,9 @@
 //! Q5_K: as Q4_K with a fifth bit per weight in `qh` (ggml `block_q5_K`).
 
 use super::act::BlockQ8K;
-use super::common::{f16_to_f32, f32_to_f16, has_avx2, Block};
+#[cfg(target_arch = "x86_64")]
+use super::common::has_avx2;
+use super::common::{f16_to_f32, f32_to_f16, Block};
 use super::kquant::{affine_quant, affine_scales, pack_scale_min_k4, scale_min_k4, KBlock, KUnpacked};
 
 /// ggml layout: nibbles as in Q4_K; bit `2c + h` of `qh[l]` is bit 4 of the weight at

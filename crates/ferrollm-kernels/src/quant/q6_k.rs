@@ -2,7 +2,9 @@
 //! (ggml `block_q6_K`).
 
 use super::act::BlockQ8K;
-use super::common::{f16_to_f32, f32_to_f16, has_avx2, Block};
+#[cfg(target_arch = "x86_64")]
+use super::common::has_avx2;
+use super::common::{f16_to_f32, f32_to_f16, Block};
 use super::kquant::{KBlock, KUnpacked};
 
 /// ggml layout, per 128-weight half `n` and 32-weight quarter `k` (`e = 128n + 32k + l`): low 4

@@ -1,7 +1,9 @@
 //! Q8_0: 32 weights as `d * q`, `q` a signed byte (ggml `block_q8_0`).
 
 use super::act::BlockQ8A;
-use super::common::{as_blocks, f16_to_f32, f32_to_f16, has_avx2, Block};
+#[cfg(target_arch = "x86_64")]
+use super::common::has_avx2;
+use super::common::{as_blocks, f16_to_f32, f32_to_f16, Block};
 
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]

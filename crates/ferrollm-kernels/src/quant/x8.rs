@@ -18,7 +18,9 @@
 
 use super::act::BlockQ8A;
 use super::block32::Unsigned32;
-use super::common::{as_blocks, f16_to_f32, has_avx2, Block};
+#[cfg(target_arch = "x86_64")]
+use super::common::has_avx2;
+use super::common::{as_blocks, f16_to_f32, Block};
 use super::{q4_0, q4_1, q5_0, q5_1};
 use crate::DType;
 
@@ -688,6 +690,7 @@ pub(crate) mod tests {
         check_pair::<q5_1::BlockQ5_1, 16, 32>(8);
     }
 
+    #[cfg(target_arch = "x86_64")]
     type Kernel<const MB: usize, const HB: usize> = unsafe fn(&[BlockX8<MB, HB>], &[&[BlockQ8A]], &mut [[f32; ROWS]]);
 
     /// Each x86 kernel this CPU can run, whichever one `dot_group` picks.
