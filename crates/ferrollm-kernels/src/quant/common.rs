@@ -188,3 +188,27 @@ macro_rules! for_each_row_tiled {
 }
 #[cfg(target_arch = "x86_64")]
 pub(crate) use for_each_row_tiled;
+
+/// The entry every interleaved kernel shares, on every ISA: checks one activation row per
+/// token, each as long as `blocks`, then runs `kernel::<.., T>` for the call's `T =
+/// acts.len()` tokens (1 to 4) and hands each token's eight row sums to `$store`. Generic
+/// kernels name their leading parameters.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! by_tokens {
+    ($store:ident, $kernel:ident $(, $g:ident)*; $blocks:expr, $acts:expr, $out:expr) => {{
+        let (blocks, acts, out) = ($blocks, $acts, $out);
+        for a in acts {
+            assert_eq!(a.len(), blocks.len());
+        }
+        assert!(out.len() >= acts.len());
+        match acts.len() {
+            1 => $store($kernel::<$($g,)* 1>(blocks, acts.try_into().unwrap()), out),
+            2 => $store($kernel::<$($g,)* 2>(blocks, acts.try_into().unwrap()), out),
+            3 => $store($kernel::<$($g,)* 3>(blocks, acts.try_into().unwrap()), out),
+            4 => $store($kernel::<$($g,)* 4>(blocks, acts.try_into().unwrap()), out),
+            n => panic!("token tile of {n}"),
+        }
+    }};
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use by_tokens;

@@ -229,24 +229,11 @@ pub fn pair_ctl<const HIGH: bool>(qa: i8, qb: i8) -> __m256i {
     _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lane.as_ptr().cast()) })
 }
 
-/// The entry every interleaved kernel shares: checks one activation row per token, each as
-/// long as `blocks`, then runs `kernel::<.., T>` for the call's `T = acts.len()` tokens (1 to 4)
-/// and stores each token's eight row sums. Generic kernels name their leading parameters.
+/// [`super::common::by_tokens`] storing with [`store_rows8`].
 macro_rules! dot_group_by_tokens {
-    ($kernel:ident $(, $g:ident)*; $blocks:expr, $acts:expr, $out:expr) => {{
-        let (blocks, acts, out) = ($blocks, $acts, $out);
-        for a in acts {
-            assert_eq!(a.len(), blocks.len());
-        }
-        assert!(out.len() >= acts.len());
-        match acts.len() {
-            1 => store_rows8($kernel::<$($g,)* 1>(blocks, acts.try_into().unwrap()), out),
-            2 => store_rows8($kernel::<$($g,)* 2>(blocks, acts.try_into().unwrap()), out),
-            3 => store_rows8($kernel::<$($g,)* 3>(blocks, acts.try_into().unwrap()), out),
-            4 => store_rows8($kernel::<$($g,)* 4>(blocks, acts.try_into().unwrap()), out),
-            n => panic!("token tile of {n}"),
-        }
-    }};
+    ($($args:tt)*) => {
+        $crate::quant::common::by_tokens!(store_rows8, $($args)*)
+    };
 }
 pub(crate) use dot_group_by_tokens;
 

@@ -8,6 +8,7 @@
 
 use super::act::BlockQ8A;
 use super::arm::load_f16x8;
+use super::common::by_tokens;
 use super::x8::{BlockX8, ROWS};
 use super::x8q8::X8Q8_0;
 use std::arch::aarch64::*;
@@ -41,6 +42,18 @@ pub(super) fn row_sums(pairs: [int32x4_t; 4]) -> [int32x4_t; 2] {
     [vpaddq_s32(pairs[0], pairs[1]), vpaddq_s32(pairs[2], pairs[3])]
 }
 
+/// One step's products into a token's four i16 parts: `w` holds four quants of each of the
+/// eight rows (rows 0-3, then 4-7), `y` the token's four activation bytes repeated, so part `k`
+/// gets row pairs `2k`, `2k + 1`'s lanes (as [`row_sums`] expects after the widening adds).
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) fn mla_step(part: &mut [int16x8_t; 4], w: [int8x16_t; 2], y: int8x16_t) {
+    part[0] = vmlal_s8(part[0], vget_low_s8(w[0]), vget_low_s8(y));
+    part[1] = vmlal_high_s8(part[1], w[0], y);
+    part[2] = vmlal_s8(part[2], vget_low_s8(w[1]), vget_low_s8(y));
+    part[3] = vmlal_high_s8(part[3], w[1], y);
+}
+
 /// [`super::x8::dot_group`] for 1 to 4 tokens.
 ///
 /// # Safety
@@ -51,17 +64,7 @@ pub unsafe fn dot_group_x8<const MB: usize, const HB: usize>(
     acts: &[&[BlockQ8A]],
     out: &mut [[f32; ROWS]],
 ) {
-    for a in acts {
-        assert_eq!(a.len(), blocks.len());
-    }
-    assert!(out.len() >= acts.len());
-    match acts.len() {
-        1 => store(x8_blocks::<MB, HB, 1>(blocks, acts.try_into().unwrap()), out),
-        2 => store(x8_blocks::<MB, HB, 2>(blocks, acts.try_into().unwrap()), out),
-        3 => store(x8_blocks::<MB, HB, 3>(blocks, acts.try_into().unwrap()), out),
-        4 => store(x8_blocks::<MB, HB, 4>(blocks, acts.try_into().unwrap()), out),
-        n => panic!("token tile of {n}"),
-    }
+    by_tokens!(store, x8_blocks, MB, HB; blocks, acts, out)
 }
 
 /// Eight rows' accumulators per token. A lane adds one product per step, a quant below 32
@@ -105,11 +108,7 @@ fn x8_blocks<const MB: usize, const HB: usize, const T: usize>(
                 }
                 let e = super::x8::element(s, 0);
                 for (part, a) in part.iter_mut().zip(acts) {
-                    let y = broadcast4(&a[b].qs, e);
-                    part[0] = vmlal_s8(part[0], vget_low_s8(w[0]), vget_low_s8(y));
-                    part[1] = vmlal_high_s8(part[1], w[0], y);
-                    part[2] = vmlal_s8(part[2], vget_low_s8(w[1]), vget_low_s8(y));
-                    part[3] = vmlal_high_s8(part[3], w[1], y);
+                    mla_step(part, w, broadcast4(&a[b].qs, e));
                 }
             }
         }
@@ -132,17 +131,7 @@ fn x8_blocks<const MB: usize, const HB: usize, const T: usize>(
 /// The CPU must support NEON.
 #[target_feature(enable = "neon")]
 pub unsafe fn dot_group_q8(blocks: &[X8Q8_0], acts: &[&[BlockQ8A]], out: &mut [[f32; ROWS]]) {
-    for a in acts {
-        assert_eq!(a.len(), blocks.len());
-    }
-    assert!(out.len() >= acts.len());
-    match acts.len() {
-        1 => store(q8_blocks::<1>(blocks, acts.try_into().unwrap()), out),
-        2 => store(q8_blocks::<2>(blocks, acts.try_into().unwrap()), out),
-        3 => store(q8_blocks::<3>(blocks, acts.try_into().unwrap()), out),
-        4 => store(q8_blocks::<4>(blocks, acts.try_into().unwrap()), out),
-        n => panic!("token tile of {n}"),
-    }
+    by_tokens!(store, q8_blocks; blocks, acts, out)
 }
 
 /// Eight Q8_0 rows' accumulators per token. A product reaches 128 · 127 = 16,256, so i16 lanes

@@ -8,30 +8,12 @@
 
 use super::act::BlockQ8K;
 use super::arm::load_f16x8;
+use super::common::by_tokens;
 use super::x8::ROWS;
-use super::x8_neon::{broadcast4, row_sums, store};
+use super::x8_neon::{broadcast4, mla_step, row_sums, store};
 use super::x8q45k::X8K4;
 use super::x8q6k::X8Q6K;
 use std::arch::aarch64::*;
-
-/// Runs `$kernel` monomorphized for the 1 to 4 tokens of `$acts`, after the length checks the
-/// scalar twins make too.
-macro_rules! by_tokens {
-    ($kernel:ident $(, $g:ident)*; $blocks:expr, $acts:expr, $out:expr) => {{
-        let (blocks, acts, out) = ($blocks, $acts, $out);
-        for a in acts {
-            assert_eq!(a.len(), blocks.len());
-        }
-        assert!(out.len() >= acts.len());
-        match acts.len() {
-            1 => store($kernel::<$($g,)* 1>(blocks, acts.try_into().unwrap()), out),
-            2 => store($kernel::<$($g,)* 2>(blocks, acts.try_into().unwrap()), out),
-            3 => store($kernel::<$($g,)* 3>(blocks, acts.try_into().unwrap()), out),
-            4 => store($kernel::<$($g,)* 4>(blocks, acts.try_into().unwrap()), out),
-            n => panic!("token tile of {n}"),
-        }
-    }};
-}
 
 /// [`super::x8q45k`]'s `dot_group` (Q4_K for `HB = 0`, Q5_K for 256) for 1 to 4 tokens.
 ///
@@ -39,7 +21,7 @@ macro_rules! by_tokens {
 /// The CPU must support NEON.
 #[target_feature(enable = "neon")]
 pub unsafe fn dot_group_k4<const HB: usize>(blocks: &[X8K4<HB>], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
-    by_tokens!(k4_blocks, HB; blocks, acts, out)
+    by_tokens!(store, k4_blocks, HB; blocks, acts, out)
 }
 
 /// [`super::x8q6k`]'s `dot_group` for 1 to 4 tokens.
@@ -48,7 +30,7 @@ pub unsafe fn dot_group_k4<const HB: usize>(blocks: &[X8K4<HB>], acts: &[&[Block
 /// The CPU must support NEON.
 #[target_feature(enable = "neon")]
 pub unsafe fn dot_group_q6k(blocks: &[X8Q6K], acts: &[&[BlockQ8K]], out: &mut [[f32; ROWS]]) {
-    by_tokens!(q6k_blocks; blocks, acts, out)
+    by_tokens!(store, q6k_blocks; blocks, acts, out)
 }
 
 /// Bytes `4g..4g + 4` of `v` as i32 lanes: in [`X8K4`]'s unpacked scales and mins, sub-block
@@ -119,11 +101,7 @@ fn k4_blocks<const HB: usize, const T: usize>(blocks: &[X8K4<HB>], acts: &[&[Blo
                 }
                 let e = 32 * j + 4 * s;
                 for (part, a) in part.iter_mut().zip(acts) {
-                    let y = broadcast4(&a[b].qs, e);
-                    part[0] = vmlal_s8(part[0], vget_low_s8(w[0]), vget_low_s8(y));
-                    part[1] = vmlal_high_s8(part[1], w[0], y);
-                    part[2] = vmlal_s8(part[2], vget_low_s8(w[1]), vget_low_s8(y));
-                    part[3] = vmlal_high_s8(part[3], w[1], y);
+                    mla_step(part, w, broadcast4(&a[b].qs, e));
                 }
             }
             let scale = [quad(sc[j / 4][0], j % 4), quad(sc[j / 4][1], j % 4)];
