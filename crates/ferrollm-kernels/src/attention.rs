@@ -361,7 +361,7 @@ fn attend_tile<E: KvElem>(
         let b1 = (b0 + KEY_BLOCK).min(n_max);
         match b1 < n_max {
             true => fetch_keys(b1, &sc.panels),
-            false => offs[..b1.min(KEY_BLOCK)].iter().for_each(|&at| prefetch(vc, at, hd)),
+            false => offs[..n_max.min(KEY_BLOCK)].iter().for_each(|&at| prefetch(vc, at, hd)),
         }
         scores(&sc.q, keys, b0, b1, scale, &mut sc.s, stride);
     }
