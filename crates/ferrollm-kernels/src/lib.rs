@@ -6,6 +6,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod attention;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod attn_neon;
 pub mod backend;
 pub mod dtype;
 pub mod ops;

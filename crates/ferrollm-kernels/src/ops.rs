@@ -269,7 +269,7 @@ pub trait GatherElem: Copy + Sized {
     fn widen(x: &[Self], out: &mut [f32]);
     /// One element as f32 (exact).
     fn to_f32(self) -> f32;
-    /// [`crate::scores::scores`]'s AVX2 kernel, for whole vectors of keys (false: not
+    /// [`crate::scores::scores`]'s AVX2 or NEON kernel, for whole vectors of keys (false: not
     /// available here).
     fn scores_simd(
         q: &[f32],
@@ -280,7 +280,7 @@ pub trait GatherElem: Copy + Sized {
         out: &mut [f32],
         out_stride: usize,
     ) -> bool;
-    /// [`axpy_many_gathered`]'s AVX2 kernel (false: not available here).
+    /// [`axpy_many_gathered`]'s AVX2 or NEON kernel (false: not available here).
     fn axpy_many_simd(w: &[f32], w_stride: usize, n: &[usize], v: Gathered<Self>, out: &mut [f32]) -> bool;
 }
 
@@ -295,8 +295,8 @@ macro_rules! gather_elem {
                 $one(self)
             }
             #[allow(unreachable_code)]
-            // The arguments feed only the x86 kernel; elsewhere the method just answers false.
-            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+            // The arguments feed only the x86 and NEON kernels; elsewhere the method just answers false.
+            #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_variables))]
             fn scores_simd(
                 q: &[f32],
                 k: crate::scores::KeysT<Self>,
@@ -313,17 +313,30 @@ macro_rules! gather_elem {
                     unsafe { crate::scores::x86::scores(q, k, k0, k1, scale, out, out_stride) };
                     return true;
                 }
+                #[cfg(target_arch = "aarch64")]
+                if crate::quant::common::has_neon() {
+                    // SAFETY: NEON was detected; the caller checked the shapes, that every block
+                    // panel lies inside the cache, and that vectors of eight keys are whole.
+                    unsafe { crate::attn_neon::scores(q, k, k0, k1, scale, out, out_stride) };
+                    return true;
+                }
                 false
             }
             #[allow(unreachable_code)]
-            // As above: the arguments feed only the x86 kernel.
-            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+            // As above: the arguments feed only the x86 and NEON kernels.
+            #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_variables))]
             fn axpy_many_simd(w: &[f32], w_stride: usize, n: &[usize], v: Gathered<Self>, out: &mut [f32]) -> bool {
                 #[cfg(target_arch = "x86_64")]
                 if crate::quant::common::has_avx2() {
                     let g = x86::Gather(v.base.as_ptr(), v.offs.as_ptr());
                     // SAFETY: as above.
                     unsafe { x86::axpy_many_from(w, w_stride, n, g, v.dim, out) };
+                    return true;
+                }
+                #[cfg(target_arch = "aarch64")]
+                if crate::quant::common::has_neon() {
+                    // SAFETY: NEON was detected; the caller checked the shapes.
+                    unsafe { crate::attn_neon::axpy_many_gathered(w, w_stride, n, v, out) };
                     return true;
                 }
                 false

@@ -42,7 +42,8 @@ impl<E> KeysT<'_, E> {
 }
 
 /// `out[r * out_stride + p] = score(q_r, k_p)` for the rows `q_r` of `q` (each `k.dim` long) and
-/// keys `p` in `k0..k1` (AVX2 where the CPU has it, else [`scores_scalar`]; same bits).
+/// keys `p` in `k0..k1` (AVX2 where the CPU has it, NEON on aarch64, else [`scores_scalar`];
+/// same bits).
 ///
 /// The SIMD kernel works on whole vectors of eight keys, so when `k1` is not a multiple of 8 it
 /// also writes the entries up to the next multiple (scores of whatever the block holds there,
