@@ -192,21 +192,11 @@ pub unsafe fn axpy_many_gathered<E: Load4 + crate::ops::GatherElem>(
         unsafe {
             let (w_r, o_r) = (pw.add(r * w_stride), po.add(r * dim));
             while d + 16 <= dim {
-                match nr {
-                    4 => value_block::<E, 4, 4>(w_r, w_stride, counts, rows, dim, d, o_r),
-                    3 => value_block::<E, 3, 4>(w_r, w_stride, counts, rows, dim, d, o_r),
-                    2 => value_block::<E, 2, 4>(w_r, w_stride, counts, rows, dim, d, o_r),
-                    _ => value_block::<E, 1, 4>(w_r, w_stride, counts, rows, dim, d, o_r),
-                }
+                value_rows::<E, 4>(w_r, w_stride, counts, rows, dim, d, o_r);
                 d += 16;
             }
             while d + 4 <= dim {
-                match nr {
-                    4 => value_block::<E, 4, 1>(w_r, w_stride, counts, rows, dim, d, o_r),
-                    3 => value_block::<E, 3, 1>(w_r, w_stride, counts, rows, dim, d, o_r),
-                    2 => value_block::<E, 2, 1>(w_r, w_stride, counts, rows, dim, d, o_r),
-                    _ => value_block::<E, 1, 1>(w_r, w_stride, counts, rows, dim, d, o_r),
-                }
+                value_rows::<E, 1>(w_r, w_stride, counts, rows, dim, d, o_r);
                 d += 4;
             }
         }
@@ -224,6 +214,32 @@ pub unsafe fn axpy_many_gathered<E: Load4 + crate::ops::GatherElem>(
             }
         }
         r += nr;
+    }
+}
+
+/// [`value_block`] for the `n.len()` (1 to 4) rows of a group.
+///
+/// # Safety
+/// As for [`value_block`], with `R = n.len()`.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn value_rows<E: Load4, const C: usize>(
+    w: *const f32,
+    w_stride: usize,
+    n: &[usize],
+    rows: (*const E, *const usize),
+    dim: usize,
+    d0: usize,
+    out: *mut f32,
+) {
+    // SAFETY: the caller's promise, with R = n.len().
+    unsafe {
+        match n.len() {
+            4 => value_block::<E, 4, C>(w, w_stride, n, rows, dim, d0, out),
+            3 => value_block::<E, 3, C>(w, w_stride, n, rows, dim, d0, out),
+            2 => value_block::<E, 2, C>(w, w_stride, n, rows, dim, d0, out),
+            _ => value_block::<E, 1, C>(w, w_stride, n, rows, dim, d0, out),
+        }
     }
 }
 
